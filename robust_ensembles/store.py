@@ -1,0 +1,223 @@
+"""The model store: one folder per trained model, named by the hash of what determines its weights.
+
+    <store>/<key>/identity.json   the config keys that determine the weights (hashed into <key>)
+                 /config.yaml     the full resolved config of the run that made it
+                 /checkpoints/    Lightning checkpoints (last.ckpt for resuming, best.ckpt)
+                 /model.pt        state_dict of the kept epoch (best validation adversarial accuracy)
+                 /model_last.pt   state_dict of the last epoch
+                 /metrics.json    kept and last epoch, validation and test metrics, wall time, images/s
+                 /COMPLETE        written last, atomically: only then is the entry used or skipped
+
+Which config keys make the identity is itself config (`store.identity.include/exclude`), so
+paths, loggers and speed knobs never change a hash. Numbers are canonicalised before hashing
+(`alpha=0` and `alpha=0.0` are the same run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from robust_ensembles import PROJECT_ROOT
+from robust_ensembles.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_ABSENT = object()
+
+
+# ----------------------------------------------------------------------------- identity
+def _select(container: Mapping, dotted: str) -> tuple[bool, Any]:
+    node: Any = container
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _assign(container: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        container = container.setdefault(part, {})
+    container[leaf] = value
+
+
+def _drop(container: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        container = container.get(part)
+        if not isinstance(container, dict):
+            return
+    container.pop(leaf, None)
+
+
+def identity_of(cfg: DictConfig, include: Iterable[str], exclude: Iterable[str]) -> dict:
+    """The resolved values of the `include` keys of cfg, less the `exclude` keys."""
+    identity: dict = {}
+    for key in include:
+        node = OmegaConf.select(cfg, key, default=_ABSENT)
+        if node is _ABSENT:
+            continue
+        _assign(identity, key, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    for key in exclude:
+        _drop(identity, key)
+    return identity
+
+
+def canonical(value: Any) -> Any:
+    """Numbers as floats (so 0 == 0.0), dicts sorted by json; bools and strings unchanged."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    raise TypeError(f"cannot hash config value {value!r} of type {type(value).__name__}")
+
+
+def key_of(identity: Mapping) -> str:
+    blob = json.dumps(canonical(identity), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else None
+
+
+# ----------------------------------------------------------------------------- files
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path | str) -> dict:
+    """torch.load(weights_only=True) with an error that names the file when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is missing; retrain the entry (delete {path.parent} and rerun its train command).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike mean: this file cannot be trusted
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights file ({type(e).__name__}: {e}); "
+                              f"delete {path.parent} and rerun its train command.") from None
+
+
+# ----------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    """One store entry: a folder named by the identity's hash."""
+
+    path: Path
+    identity: dict
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def resume_checkpoint(self) -> str | None:
+        """The last Lightning checkpoint to resume from; one torn by a kill is set aside, not trusted."""
+        last = self.checkpoint_dir / "last.ckpt"
+        if not last.is_file():
+            return None
+        try:
+            load_weights(last)
+        except CheckpointError as e:
+            log.warning("%s; moved aside to %s.corrupt, training this entry from the start", e, last.name)
+            os.replace(last, last.with_suffix(".ckpt.corrupt"))
+            return None
+        return str(last)
+
+    def metrics(self) -> dict:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    def config(self) -> DictConfig:
+        return OmegaConf.load(self.path / "config.yaml")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive hold on the entry, so two jobs never train the same model at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another job is training {self.path} right now; rerun this one when it ends "
+                                   f"(it will then be skipped or resumed).") from None
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def begin(self, cfg: DictConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / "identity.json", json.dumps(self.identity, indent=2, sort_keys=True))
+        write_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def finish(self, best: dict, last: dict, metrics: dict) -> None:
+        """Write weights and metrics, then the completion marker (last, atomically)."""
+        save_atomic(best, self.path / "model.pt")
+        save_atomic(last, self.path / "model_last.pt")
+        write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        write_atomic(self.path / MARKER, json.dumps({"key": self.key}))
+
+    def load_model(self, which: str = "model.pt") -> nn.Module:
+        """The stored model (kept epoch by default) in eval mode."""
+        model = instantiate(self.config().model)
+        model.load_state_dict(load_weights(self.path / which))
+        return model.eval()
+
+
+def open_run(root: str | Path, identity: dict) -> Run:
+    return Run(Path(root).expanduser() / key_of(identity), identity)
+
+
+def query(root: str | Path, where: Mapping[str, Any], seeds: Iterable[int] | None = None) -> list[Run]:
+    """Complete entries whose identity matches every dotted key of `where` (and one of `seeds`), by seed."""
+    root = Path(root).expanduser()
+    wanted = {k: canonical(v) for k, v in where.items()}
+    seeds = None if seeds is None else {float(s) for s in seeds}
+    runs = []
+    for marker in sorted(root.glob(f"*/{MARKER}")):
+        identity = json.loads((marker.parent / "identity.json").read_text())
+        if all(_select(identity, k)[0] and canonical(_select(identity, k)[1]) == v for k, v in wanted.items()):
+            if seeds is None or float(identity.get("seed", -1)) in seeds:
+                runs.append(Run(marker.parent, identity))
+    return sorted(runs, key=lambda r: r.identity.get("seed", 0))

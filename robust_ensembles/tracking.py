@@ -1,0 +1,28 @@
+"""Experiment tracking: wandb (offline by default) through Lightning's loggers."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def log_config(logger, cfg: DictConfig) -> None:
+    """The full resolved config as the run's hyperparameters (wandb config, CSV hparams.yaml)."""
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+
+def finish(failed: bool) -> None:
+    """Close the wandb run of this job (if any), with exit code 1 when the job failed.
+
+    Each job of a multirun must finish its run, or the next job's metrics land in it.
+    """
+    try:
+        import wandb
+    except ImportError:  # wandb is a dependency, but a CSV-only user may have removed it
+        return
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real configs, composed with tiny generated data and a temporary store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from robust_ensembles import CONFIG_DIR, PROJECT_ROOT
+
+# Small sizes that train in about a second on 2 cores.
+TINY = [
+    "data=synthetic", "model=cnn", "model.width=8", "logger=none",
+    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+    "attack.steps=2", "eval_attack.steps=2", "module.test_eps=[0.25]",
+]
+
+
+def compose_train(overrides: list[str], tmp_path: Path | None = None):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        extra = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"] if tmp_path else []
+        return compose("train", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*overrides: str):
+        return compose_train([*TINY, *overrides], tmp_path)
+    return make
+
+
+def run_module(args: list[str], env_extra: dict | None = None, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """`python -m <args>` from the project root, with its output captured."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_SILENT": "true", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

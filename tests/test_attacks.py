@@ -1,0 +1,127 @@
+"""PGD stays in the ball and the image box, gets stronger with eps, and touches no weight gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robust_ensembles.attacks import PGD
+from robust_ensembles.data import make_synthetic
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.models import small_cnn
+
+NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def pgd(**kw):
+    args = dict(eps=0.5, norm="l2", steps=5, rel_step_size=2.5, random_start=True, keep_best=False)
+    return PGD(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny CNN trained (naturally) on generated data to high clean accuracy."""
+    torch.manual_seed(0)
+    data = make_synthetic(n_train=256, n_test=128, num_classes=4, image_size=16, noise=0.15, seed=0)
+    model = small_cnn(num_classes=4, normalization=NORM, width=8, depth=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = data["train_x"].float() / 255, data["train_y"]
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    return model, data["test_x"].float() / 255, data["test_y"]
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_adversarial_examples_stay_in_ball_and_box(trained, norm):
+    model, x, y = trained
+    eps = 0.5 if norm == "l2" else 8 / 255
+    x_adv = pgd(norm=norm, eps=eps, keep_best=True)(model, x, y)
+    delta = (x_adv - x).flatten(1)
+    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(dim=1)
+    assert size.max().item() <= eps * (1 + 1e-5)
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+    assert (size > 0).all()  # the attack moved every image
+
+
+def test_accuracy_falls_monotonically_with_eps(trained):
+    model, x, y = trained
+    clean = accuracy(model, x, y)
+    assert clean > 0.9
+    attack = pgd(steps=10, keep_best=True)
+    accs = [accuracy(model, attack(model, x, y, eps=e), y) for e in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert accs[0] == clean
+    assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+    assert accs[-1] < clean - 0.3, accs  # a large radius breaks a naturally trained model
+
+
+def test_attack_leaves_no_weight_gradient_and_restores_mode(trained):
+    model, x, y = trained
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    pgd()(model, x[:16], y[:16])
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training  # mode restored
+    model.eval()
+
+
+def test_attack_runs_model_in_eval_mode(trained):
+    model, x, y = trained
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    model.train()
+    try:
+        pgd(steps=2)(model, x[:8], y[:8])
+    finally:
+        hook.remove()
+        model.eval()
+    assert seen and not any(seen)
+
+
+def test_keep_best_is_never_weaker_than_last_iterate(trained):
+    model, x, y = trained
+    torch.manual_seed(1)
+    last = pgd(steps=3, keep_best=False)(model, x, y, eps=0.3)
+    torch.manual_seed(1)
+    best = pgd(steps=3, keep_best=True)(model, x, y, eps=0.3)
+    loss = lambda xa: F.cross_entropy(model(xa), y, reduction="none")
+    with torch.no_grad():
+        assert (loss(best) >= loss(last) - 1e-5).all()
+
+
+def test_step_size_follows_robustness_convention():
+    attack = pgd(steps=7)
+    assert attack.step_size_for(0.5) == pytest.approx(2.5 * 0.5 / 7)
+    assert pgd(step_size=0.1).step_size_for(0.5) == 0.1
+
+
+def test_zero_eps_returns_clean_input(trained):
+    model, x, y = trained
+    assert torch.equal(pgd(eps=0.0)(model, x[:4], y[:4]), x[:4])
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"eps": -0.1}, "attack.eps=-0.1 is negative"),
+    ({"steps": 0}, "attack.steps=0 must be an integer >= 1"),
+    ({"norm": "l3"}, "attack.norm='l3' is not a known norm"),
+    ({"rel_step_size": -1.0}, "attack.rel_step_size=-1.0 must be > 0"),
+    ({"rel_step_size": None}, "give step_size or rel_step_size"),
+])
+def test_bad_attack_config_is_refused_with_its_key(kw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pgd(**kw)
+
+
+def test_negative_eps_at_call_time_is_refused(trained):
+    model, x, y = trained
+    with pytest.raises(ConfigError, match="negative"):
+        pgd()(model, x[:2], y[:2], eps=-1.0)

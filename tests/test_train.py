@@ -1,0 +1,125 @@
+"""End to end: train into the store, skip what is complete, resume what died, log offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robust_ensembles import PROJECT_ROOT, store
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.train import train
+from robust_ensembles.training import AdversarialTraining
+from tests.conftest import TINY, run_module
+
+
+def completed(store_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in store_dir.glob("*/COMPLETE"))
+
+
+def test_train_writes_a_complete_entry_and_the_second_call_skips(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("alpha=0.1", "seed=0", "logger=csv")
+    metrics = train(cfg)
+    (entry,) = completed(tmp_path / "store")
+    for name in ["model.pt", "model_last.pt", "metrics.json", "config.yaml", "identity.json", "checkpoints/last.ckpt"]:
+        assert (entry / name).is_file(), name
+    assert json.loads((entry / "metrics.json").read_text()) == metrics
+    assert metrics["best_epoch"] == 0 and metrics["last_epoch"] == 0 and metrics["train_images_per_s"] > 0
+    assert 0 <= metrics["test/nat_acc"] <= 1 and 0 <= metrics["test/adv_acc@0.25"] <= 1
+    # the monitored metric is one the module logs
+    (metrics_csv,) = (tmp_path / "logs").rglob("metrics.csv")
+    header = next(csv.reader(open(metrics_csv)))
+    assert metrics["monitor"] == "val/adv_acc" and "val/adv_acc" in header and "val/nat_acc" in header
+    stamp = (entry / "model.pt").stat().st_mtime_ns
+    assert train(tiny_cfg("alpha=0.1", "seed=0", "logger=csv")) == metrics
+    assert (entry / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_stored_model_is_found_by_query_and_reloads(tiny_cfg, tmp_path):
+    train(tiny_cfg("alpha=0.1", "seed=0"))
+    train(tiny_cfg("alpha=0.1", "seed=1"))
+    train(tiny_cfg("alpha=0", "seed=0"))
+    root = tmp_path / "store"
+    runs = store.query(root, {"alpha": 0.1, "model._target_": "robust_ensembles.models.small_cnn"})
+    assert [r.identity["seed"] for r in runs] == [0, 1]
+    assert [r.identity["seed"] for r in store.query(root, {"alpha": 0.1}, seeds=[1])] == [1]
+    assert len(store.query(root, {"alpha": 0.0})) == 1
+    model = runs[0].load_model()
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 10) and model.features(x).shape == (2, model.feature_dim)
+
+
+def test_negative_alpha_is_refused_before_training(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="alpha=-0.1 must be a number >= 0"):
+        train(tiny_cfg("alpha=-0.1"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_wandb_runs_offline_without_an_account(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(tiny_cfg("alpha=0.1", "logger=wandb"))
+    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+
+
+def test_a_failing_job_finishes_its_wandb_run_with_exit_code_1(tiny_cfg, monkeypatch):
+    import wandb
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    codes = []
+    real_finish = wandb.finish
+    monkeypatch.setattr(wandb, "finish", lambda exit_code=None, **kw: (codes.append(exit_code), real_finish(exit_code=exit_code)))
+
+    def boom(self, batch, batch_idx):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(AdversarialTraining, "training_step", boom)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(tiny_cfg("alpha=0.1", "logger=wandb"))
+    assert codes == [1]
+
+
+def test_multirun_writes_four_entries_and_a_rerun_skips_them(tmp_path):
+    args = ["robust_ensembles.train", "-m", *TINY, "alpha=0,0.1", "seed=0,1",
+            f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    first = run_module(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    entries = completed(tmp_path / "store")
+    assert len(entries) == 4
+    stamps = [(e / "COMPLETE").stat().st_mtime_ns for e in entries]
+    second = run_module(args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count("[store] skip") == 4 and "[store] train" not in log
+    assert [(e / "COMPLETE").stat().st_mtime_ns for e in completed(tmp_path / "store")] == stamps
+
+
+def test_a_killed_run_resumes_into_the_same_entry(tmp_path):
+    args = [*TINY, "alpha=0.1", "seed=0", "trainer.max_epochs=40", "trainer.limit_train_batches=4",
+            f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "robust_ensembles.train", *args], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "store").glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.02)
+    time.sleep(0.5)  # well inside training: a few more epochs, then kill -9
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not completed(tmp_path / "store"), "the run finished before it could be killed"
+    (entry,) = list((tmp_path / "store").iterdir())
+    resumed = run_module(["robust_ensembles.train", *args])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[store] resume" in resumed.stdout + resumed.stderr
+    assert completed(tmp_path / "store") == [entry]
+    metrics = json.loads((entry / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("last.ckpt") and metrics["last_epoch"] == 39
