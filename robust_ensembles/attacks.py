@@ -63,6 +63,18 @@ class LinfStep:
 NORMS = {"l2": L2Step, "linf": LinfStep}
 
 
+def check_eps(eps, key: str) -> float:
+    """A radius as a float >= 0, or an error naming the key."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ConfigError(f"{key}.eps={eps!r} must be a number (an attack radius in [0,1] pixel units).")
+    if eps < 0:
+        raise ConfigError(
+            f"{key}.eps={eps} is negative: an attack radius must be >= 0 "
+            f"(in [0,1] pixel units; for training it is `alpha`, e.g. alpha=0.25)."
+        )
+    return float(eps)
+
+
 class PGD:
     """PGD maximising the cross-entropy of `model(x + delta)` over the `norm` ball of radius eps.
 
@@ -116,14 +128,7 @@ class PGD:
         self.clip_min, self.clip_max = clip_min, clip_max
 
     def check_eps(self, eps) -> float:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise ConfigError(f"{self.key}.eps={eps!r} must be a number (an {self.key} radius in [0,1] pixel units).")
-        if eps < 0:
-            raise ConfigError(
-                f"{self.key}.eps={eps} is negative: an attack radius must be >= 0 "
-                f"(in [0,1] pixel units; for training it is `alpha`, e.g. alpha=0.25)."
-            )
-        return float(eps)
+        return check_eps(eps, self.key)
 
     def step_size_for(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.rel_step_size * eps / self.steps
@@ -178,3 +183,41 @@ class PGD:
         better = loss > best_loss
         mask = better.view(-1, *([1] * (delta.dim() - 1)))
         return torch.where(mask, delta, best_delta), torch.where(better, loss, best_loss)
+
+
+class AutoAttack:
+    """Standard AutoAttack (Croce & Hein 2020) through `pyautoattack`, as a callable like `PGD`.
+
+    version="standard": APGD-CE, APGD-T, FAB-T and Square (L2 or Linf). version="custom" with
+    `attacks=[...]` runs a subset (e.g. ["square"], the black-box sanity check). pyautoattack
+    calls `.view` on gradients, so inputs are handed over contiguous (NCHW).
+    """
+
+    NORMS = {"l2": "L2", "linf": "Linf"}
+
+    def __init__(self, eps: float, norm: str, version: str, attacks: list[str] | None, seed: int,
+                 batch_size: int, key: str = "autoattack"):
+        if norm not in self.NORMS:
+            raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
+        if version == "custom" and not attacks:
+            raise ConfigError(f"{key}.version=custom needs {key}.attacks, e.g. [apgd-ce, square].")
+        self.key, self.norm, self.version = key, norm, version
+        self.attacks = list(attacks) if attacks else None
+        self.seed, self.batch_size = seed, batch_size
+        self.eps = check_eps(eps, key)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        from pyautoattack import AutoAttack as _AutoAttack
+
+        eps = self.eps if eps is None else check_eps(eps, self.key)
+        if eps == 0:
+            return x.detach()
+        was_training = model.training
+        model.eval()
+        try:
+            adversary = _AutoAttack(model, eps=eps, norm=self.NORMS[self.norm], version=self.version,
+                                    attacks=self.attacks, seed=self.seed, device=x.device)
+            x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
+        finally:
+            model.train(was_training)
+        return x_adv.detach()

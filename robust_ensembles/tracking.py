@@ -26,3 +26,23 @@ def finish(failed: bool) -> None:
         return
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_evaluation(logger, label: str, curve, summary: dict, png) -> None:
+    """Summary metrics, the curve as a wandb.Table with a line plot, and the PNG (wandb); metrics (others)."""
+    if not logger:
+        return
+    logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:
+        return
+    if isinstance(logger, WandbLogger):
+        import wandb
+        run = logger.experiment
+        rows = [[label, e, a, s] for e, a, s in zip(curve.eps, curve.cumulative, curve.stderr)]
+        table = wandb.Table(columns=["model", "eps", "accuracy", "stderr"], data=rows)
+        run.log({"curve": table,
+                 "curve_plot": wandb.plot.line(table, "eps", "accuracy", stroke="model", title=f"{label}: accuracy vs eps"),
+                 "curve_png": wandb.Image(str(png))})
+        run.summary.update(summary)

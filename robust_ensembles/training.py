@@ -7,7 +7,6 @@ training image (alpha = 0: natural training). Metrics are named for what they ar
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
@@ -17,7 +16,6 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from robust_ensembles.attacks import PGD
-from robust_ensembles.errors import ConfigError
 
 
 def adv_key(eps: float) -> str:
@@ -127,9 +125,3 @@ class AdversarialTraining(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
 
-
-def standard_error(acc: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on n points."""
-    if n <= 0:
-        raise ConfigError("standard error needs at least one test point")
-    return math.sqrt(max(acc * (1 - acc), 0.0) / n)

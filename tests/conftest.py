@@ -21,10 +21,11 @@ TINY = [
 ]
 
 
-def compose_train(overrides: list[str], tmp_path: Path | None = None):
+def compose_train(overrides: list[str], tmp_path: Path | None = None, config_name: str = "train"):
+    """The real config `config_name` (train or evaluate) with `overrides`, its paths under tmp_path."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         extra = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"] if tmp_path else []
-        return compose("train", overrides=[*overrides, *extra])
+        return compose(config_name, overrides=[*overrides, *extra])
 
 
 @pytest.fixture

@@ -29,6 +29,18 @@ def test_every_option_composes(group, option, tmp_path):
     assert isinstance(instantiate(cfg.eval_attack), PGD)
 
 
+@pytest.mark.parametrize("group,option", [(g, o) for g in ["autoattack", "experiment"] for o in options(g)]
+                         + [("attack", o) for o in options("attack")])
+def test_evaluate_config_composes(group, option, tmp_path):
+    override = {"autoattack": f"autoattack@checks.autoattack={option}",
+                "attack": f"attack@evaluation.attack={option}"}.get(group, f"{group}={option}")
+    cfg = compose_train([override, "K=3"], tmp_path, config_name="evaluate")
+    assert cfg.K == 3 and cfg.evaluation.auc_eps in cfg.evaluation.eps_grid
+    assert instantiate(cfg.evaluation.attack).steps >= 1
+    assert instantiate(cfg.checks.autoattack).version in ("standard", "custom")
+    assert instantiate(cfg.checks.square).attacks == ["square"]
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiments_build_their_objects(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}"], tmp_path)

@@ -1,0 +1,91 @@
+"""Sanity checks that a robustness number can be trusted (Carlini et al. 2019, "On evaluating
+adversarial robustness"): each returns PASS/FAIL with the figures behind it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+
+from robust_ensembles.attacks import PGD, AutoAttack
+from robust_ensembles.evaluation import Curve, standard_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"[{'PASS' if self.passed else 'FAIL'}] {self.name}: {self.detail}"
+
+
+def accuracy(model, x, y, batch_size: int) -> float:
+    with torch.no_grad():
+        return sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+                   for i in range(0, len(y), batch_size)) / len(y)
+
+
+def attacked_accuracy(model, attack, x, y, eps, batch_size) -> float:
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        xa = attack(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps)
+        with torch.no_grad():
+            correct += (model(xa).argmax(1) == y[i:i + batch_size]).sum().item()
+    return correct / len(y)
+
+
+def run_checks(model, curve: Curve, attack: PGD, autoattack: AutoAttack, square: AutoAttack,
+               x: torch.Tensor, y: torch.Tensor, eps: float, large_eps: float, large_eps_max_acc: float,
+               max_gap: float, batch_size: int) -> list[Check]:
+    """x, y: the subset (sized by config) on which PGD, doubled PGD, AutoAttack and Square are compared."""
+    n = len(y)
+    checks = []
+    pgd = attacked_accuracy(model, attack, x, y, eps, batch_size)
+    se = standard_error(pgd, n)
+    aa = accuracy(model, autoattack(model, x, y, eps=eps), y, batch_size)
+    checks.append(Check("PGD vs AutoAttack", aa >= pgd - max_gap,
+                        f"eps={eps}, n={n}: PGD-{attack.steps} {100 * pgd:.2f}%, AutoAttack ({autoattack.version}) "
+                        f"{100 * aa:.2f}% (gap {100 * (pgd - aa):+.2f} points, allowed {100 * max_gap:.1f})"))
+    if not checks[-1].passed:
+        log.warning("AutoAttack is %.2f points below PGD at eps=%s: PGD is too weak here, or gradients are masked",
+                    100 * (pgd - aa), eps)
+    values = curve.per_eps if curve.per_eps is not None else curve.cumulative
+    rises = [(curve.eps[i], curve.eps[i + 1]) for i in range(len(values) - 1) if values[i + 1] > values[i] + 1e-12]
+    checks.append(Check("accuracy non-increasing in eps", not rises,
+                        f"{'per-eps' if curve.per_eps is not None else 'cumulative'} curve "
+                        + ("is monotone" if not rises else f"rises between {rises}")))
+    large = attacked_accuracy(model, attack, x, y, large_eps, batch_size)
+    checks.append(Check("near-zero accuracy at a very large eps", large <= large_eps_max_acc,
+                        f"eps={large_eps}: {100 * large:.2f}% (must be <= {100 * large_eps_max_acc:.1f}%)"))
+    doubled = copy.copy(attack)
+    doubled.steps = 2 * attack.steps
+    acc2 = attacked_accuracy(model, doubled, x, y, eps, batch_size)
+    checks.append(Check("doubling PGD steps changes accuracy by < 1 SE", abs(acc2 - pgd) < max(se, 1 / n),
+                        f"PGD-{attack.steps} {100 * pgd:.2f}% vs PGD-{doubled.steps} {100 * acc2:.2f}% "
+                        f"(1 SE = {100 * se:.2f} points)"))
+    sq = accuracy(model, square(model, x, y, eps=eps), y, batch_size)
+    checks.append(Check("black-box Square no stronger than white-box PGD", sq >= pgd - se,
+                        f"Square {100 * sq:.2f}% vs PGD {100 * pgd:.2f}% (1 SE = {100 * se:.2f} points)"))
+    lo, hi = curve.pixel_range
+    checks.append(Check("adversarial examples inside the ball and in [0,1]",
+                        curve.max_norm_ratio <= 1 + 1e-5 and lo >= 0 and hi <= 1,
+                        f"max ||delta||/eps = {curve.max_norm_ratio:.6f}, pixels in [{lo:.4f}, {hi:.4f}]"))
+    for c in checks:
+        log.info(c.line())
+        print(c.line(), flush=True)
+    return checks
+
+
+def as_dicts(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]
+
+
+def passed(checks: list[Check]) -> bool:
+    return all(c.passed for c in checks)

@@ -1,0 +1,109 @@
+"""Evaluate a single model or a K-ensemble from the store, attacked as one model.
+
+    python -m robust_ensembles.evaluate experiment=cpu alpha=0.25 K=4
+    python -m robust_ensembles.evaluate -m experiment=cpu alpha=0.25 K=1,2,4
+    python -m robust_ensembles.evaluate experiment=cpu alpha=0.25 K=4 check=true
+
+Members are the complete store entries trained with this config (every identity key but the
+seed). Results go to <store>/evaluations/<hash>.json with a PNG of the curve beside it; a result
+that exists is reused (evaluation.force=true recomputes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robust_ensembles import checks, ensembles, store, tracking
+from robust_ensembles.evaluation import Curve, EnsembleEvaluation, load_result, plot_curves, save_result
+from robust_ensembles.train import check
+
+log = logging.getLogger(__name__)
+
+
+def members_query(cfg: DictConfig) -> dict:
+    identity = store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
+    identity.pop("seed", None)
+    return identity
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    check(cfg)
+    attack = instantiate(cfg.evaluation.attack)
+    root = cfg.store.root
+    hint = f"python -m robust_ensembles.train -m experiment={cfg.get('name')} alpha={cfg.alpha}"
+    model, runs = ensembles.from_store(root, members_query(cfg), cfg.K, seeds=cfg.seeds, train_hint=hint,
+                                       **OmegaConf.to_container(cfg.ensemble, resolve=True))
+    spec = {"members": [r.key for r in runs], "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
+            "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": cfg.check,
+            "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None, "seed": cfg.seed,
+            "test": {k: cfg.data[k] for k in ("source", "test_subset", "split_seed")}}
+    path = store.Path(root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
+    label = f"{cfg.K}x alpha={cfg.alpha}" if cfg.K > 1 else f"alpha={cfg.alpha}"
+    if path.is_file() and not cfg.evaluation.force:
+        log.info("[store] skip evaluation %s: %s", label, path)
+        return load_result(path)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(path.with_suffix(""))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size)
+    module = EnsembleEvaluation(model, attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[], enable_checkpointing=False)
+    tracking.log_config(logger, cfg)
+    try:
+        start = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        curve: Curve = module.curve
+        result = {
+            "label": label, "alpha": cfg.alpha, "K": cfg.K, "members": [{"key": r.key, "seed": r.identity["seed"]} for r in runs],
+            "spec": spec, "attack": repr(attack), "curve": curve.to_dict(), "n": curve.n,
+            "auc": {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
+            "wall_s": time.perf_counter() - start, "config": OmegaConf.to_container(cfg, resolve=True),
+            "git_commit": store.git_commit(), "device": str(module.device),
+        }
+        if cfg.check:
+            x, y = datamodule.splits["test"][list(range(min(cfg.checks.n, curve.n)))]  # the first n test points
+            x, y = x.to(module.device).float() / 255, y.to(module.device)
+            found = checks.run_checks(model.to(module.device), curve, attack, instantiate(cfg.checks.autoattack),
+                                      instantiate(cfg.checks.square), x, y, cfg.checks.eps, cfg.checks.large_eps,
+                                      cfg.checks.large_eps_max_acc, cfg.checks.max_gap, cfg.evaluation.batch_size)
+            result["checks"] = checks.as_dicts(found)
+            result["checks_passed"] = checks.passed(found)
+        result["wall_s"] = time.perf_counter() - start
+        save_result(result, path)
+        png = path.with_suffix(".png")
+        plot_curves({label: curve}, png, f"{label} ({cfg.name}, n={curve.n}, {attack})")
+        summary = {f"eval/acc@{e:g}": a for e, a in zip(curve.eps, curve.cumulative)}
+        summary[f"eval/auc@{cfg.evaluation.auc_eps:g}"] = result["auc"][f"{cfg.evaluation.auc_eps:g}"]
+        tracking.log_evaluation(logger, label, curve, summary, png)
+    except BaseException:
+        tracking.finish(failed=True)
+        raise
+    tracking.finish(failed=False)
+    log.info("[store] evaluated %s -> %s", label, path)
+    print(format_curve(result), flush=True)
+    return result
+
+
+def format_curve(result: dict) -> str:
+    c = result["curve"]
+    rows = [f"{result['label']}  n={c['n']}  AUC({k})={v:.4f}" for k, v in result["auc"].items()]
+    rows += [f"  eps={e:<5g} acc={100 * a:6.2f}% +- {100 * s:.2f}" + (f"  (per-eps {100 * p:6.2f}%)" if c["per_eps"] else "")
+             for e, a, s, p in zip(c["eps"], c["cumulative"], c["stderr"], c["per_eps"] or c["cumulative"])]
+    return "\n".join(rows)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Accuracy under attack as a function of epsilon, for whatever model is evaluated (a single
+model, an ensemble, a composite), attacked as one model.
+
+For every test point we record the smallest radius on the grid at which the attack flipped it
+(`min_flip`; 0 when it is misclassified clean, inf when never flipped). The *cumulative* accuracy
+at eps is the fraction with `min_flip > eps`: accuracy under the strongest attack found at that
+radius or below, so the curve is non-increasing by construction. The *per-eps* accuracy is what
+the attack at eps alone achieved (the usual number; its monotonicity is a sanity check).
+
+AUC(eps_t) = (1/eps_t) * trapezoid integral of the cumulative accuracy over [0, eps_t] (paper, sec. 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from robust_ensembles.attacks import PGD
+from robust_ensembles.errors import ConfigError
+
+
+def standard_error(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on n points."""
+    if n <= 0:
+        raise ConfigError("a standard error needs at least one test point")
+    return math.sqrt(max(acc * (1 - acc), 0.0) / n)
+
+
+def check_grid(eps_grid: Sequence[float], key: str = "evaluation.eps_grid") -> list[float]:
+    grid = sorted({float(e) for e in eps_grid})
+    if not grid or grid[0] < 0:
+        raise ConfigError(f"{key}={list(eps_grid)} must be non-empty radii >= 0.")
+    return grid if grid[0] == 0 else [0.0, *grid]
+
+
+def auc(eps: Sequence[float], acc: Sequence[float], eps_t: float) -> float:
+    """(1/eps_t) * trapezoid integral of acc over [0, eps_t]; eps_t must be a grid point."""
+    if eps_t <= 0:
+        raise ConfigError(f"evaluation.auc_eps={eps_t} must be > 0.")
+    if not any(math.isclose(e, eps_t) for e in eps):
+        raise ConfigError(f"evaluation.auc_eps={eps_t} is not on the grid {list(eps)}; add it to evaluation.eps_grid.")
+    pts = [(e, a) for e, a in zip(eps, acc) if e <= eps_t + 1e-12]
+    area = sum((e1 - e0) * (a0 + a1) / 2 for (e0, a0), (e1, a1) in zip(pts, pts[1:]))
+    return area / eps_t
+
+
+@dataclass
+class Curve:
+    eps: list[float]
+    cumulative: list[float]
+    per_eps: list[float] | None
+    n: int
+    max_norm_ratio: float = 0.0      # max over examples and radii of ||x_adv - x|| / eps (<= 1 inside the ball)
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    stderr: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.stderr = [standard_error(a, self.n) for a in self.cumulative]
+
+    def at(self, eps: float, cumulative: bool = True) -> float:
+        values = self.cumulative if cumulative else self.per_eps
+        for e, a in zip(self.eps, values):
+            if math.isclose(e, eps):
+                return a
+        raise ConfigError(f"eps={eps} is not on the evaluated grid {self.eps}.")
+
+    def auc(self, eps_t: float) -> float:
+        return auc(self.eps, self.cumulative, eps_t)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def curve_from_min_flip(min_flip: torch.Tensor, eps: list[float], per_eps_correct: torch.Tensor | None,
+                        max_norm_ratio: float = 0.0, pixel_range=(0.0, 1.0)) -> Curve:
+    n = len(min_flip)
+    cumulative = [(min_flip > e).float().mean().item() for e in eps]
+    per_eps = None if per_eps_correct is None else (per_eps_correct.float() / n).tolist()
+    return Curve(eps, cumulative, per_eps, n, max_norm_ratio, tuple(pixel_range))
+
+
+class EnsembleEvaluation(pl.LightningModule):
+    """`trainer.test` runs the attack at every radius of the grid; `self.curve` holds the result.
+
+    per_eps=True attacks every point at every radius (per-eps and cumulative curves);
+    per_eps=False attacks only the points still standing (cumulative curve only, cheaper).
+    """
+
+    def __init__(self, model: torch.nn.Module, attack: PGD, eps_grid: Sequence[float], per_eps: bool):
+        super().__init__()
+        self.model = model.eval()
+        self.attack = attack
+        self.eps = check_grid(eps_grid)
+        self.per_eps = per_eps
+        self.curve: Curve | None = None
+
+    def on_test_epoch_start(self):
+        self._min_flip, self._per_eps = [], torch.zeros(len(self.eps), dtype=torch.long)
+        self._max_ratio, self._lo, self._hi = 0.0, math.inf, -math.inf
+
+    def _predict(self, x):
+        with torch.no_grad():
+            return self.model(x).argmax(1)
+
+    def test_step(self, batch, batch_idx):
+        self.model.eval()
+        x, y = batch
+        correct = self._predict(x) == y
+        min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
+        self._per_eps[0] += correct.sum().item()
+        for i, eps in enumerate(self.eps[1:], start=1):
+            todo = torch.ones_like(correct) if self.per_eps else min_flip > self.eps[i - 1]
+            if not todo.any():
+                continue
+            x_adv = self.attack(self.model, x[todo], y[todo], eps=eps)
+            delta = (x_adv - x[todo]).flatten(1)
+            size = delta.norm(dim=1) if self.attack.norm == "l2" else delta.abs().amax(1)
+            self._max_ratio = max(self._max_ratio, (size.max() / eps).item())
+            self._lo, self._hi = min(self._lo, x_adv.min().item()), max(self._hi, x_adv.max().item())
+            fooled = self._predict(x_adv) != y[todo]
+            self._per_eps[i] += (~fooled).sum().item()
+            idx = todo.nonzero().squeeze(1)[fooled]
+            min_flip[idx] = torch.minimum(min_flip[idx], torch.tensor(eps, device=x.device))
+        self._min_flip.append(min_flip.cpu())
+
+    def on_test_epoch_end(self):
+        min_flip = torch.cat(self._min_flip)
+        lo, hi = (self._lo, self._hi) if self._hi > -math.inf else (0.0, 1.0)
+        self.curve = curve_from_min_flip(min_flip, self.eps, self._per_eps if self.per_eps else None,
+                                         self._max_ratio, (lo, hi))
+        self.log_dict({f"test/acc@{e:g}": a for e, a in zip(self.eps, self.curve.cumulative)})
+
+
+# ----------------------------------------------------------------------------- results
+def save_result(result: dict, path: Path) -> None:
+    from robust_ensembles.store import write_atomic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=2, sort_keys=True))
+
+
+def load_result(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def plot_curves(rows: dict[str, Curve], path: Path, title: str) -> None:
+    """Accuracy vs epsilon, one line per model, error bars = binomial standard errors."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, c in rows.items():
+        ax.errorbar(c.eps, c.cumulative, yerr=c.stderr, marker="o", ms=3, capsize=2, label=label)
+    ax.set_xlabel("L2 attack radius epsilon ([0,1] pixels)")
+    ax.set_ylabel("accuracy (strongest attack at <= eps)")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

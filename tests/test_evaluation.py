@@ -1,0 +1,94 @@
+"""Accuracy curves, AUC, results on disk, and the evaluate entry point end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robust_ensembles.attacks import PGD
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.evaluate import evaluate
+from robust_ensembles.evaluation import Curve, auc, curve_from_min_flip, load_result, save_result
+from robust_ensembles.train import train
+from tests.conftest import TINY, compose_train
+
+
+def test_auc_of_a_linear_curve_equals_its_closed_form():
+    eps = [i * 0.05 for i in range(11)]
+    acc = [1 - e for e in eps]  # (1/0.5) * integral_0^0.5 (1 - e) de = 0.75
+    assert auc(eps, acc, 0.5) == pytest.approx(0.75)
+    assert auc(eps, acc, 0.25) == pytest.approx((0.25 - 0.25**2 / 2) / 0.25)
+    step = [1.0] * 5 + [0.0] * 6  # 1 up to 0.2, then 0 from 0.25: area = 0.2 + 0.05/2
+    assert auc(eps, step, 0.5) == pytest.approx((0.2 + 0.025) / 0.5)
+    with pytest.raises(ConfigError, match="not on the grid"):
+        auc(eps, acc, 0.33)
+
+
+def test_cumulative_accuracy_is_monotone_and_counts_the_smallest_flip():
+    torch.manual_seed(0)
+    eps = [0.0, 0.1, 0.2, 0.3]
+    min_flip = torch.tensor([0.0, 0.1, 0.2, 0.3, float("inf"), float("inf"), 0.1, 0.3])
+    c = curve_from_min_flip(min_flip, eps, per_eps_correct=None)
+    assert c.cumulative == pytest.approx([7 / 8, 5 / 8, 4 / 8, 2 / 8])
+    assert all(a >= b for a, b in zip(c.cumulative, c.cumulative[1:]))
+    assert c.stderr[0] == pytest.approx(((7 / 8) * (1 / 8) / 8) ** 0.5)
+
+
+def test_result_json_round_trips(tmp_path):
+    c = curve_from_min_flip(torch.tensor([0.0, 0.2, float("inf")]), [0.0, 0.1, 0.2], torch.tensor([2, 2, 1]))
+    result = {"curve": c.to_dict(), "auc": {"0.2": c.auc(0.2)}}
+    save_result(result, tmp_path / "r.json")
+    back = load_result(tmp_path / "r.json")
+    assert back == json.loads(json.dumps(result))
+    c2 = Curve(**{k: v for k, v in back["curve"].items() if k != "stderr"})
+    assert c2.cumulative == c.cumulative and c2.stderr == pytest.approx(c.stderr) and c2.per_eps == c.per_eps
+
+
+@pytest.fixture
+def trained_store(tmp_path):
+    over = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=4", "alpha=0.1"]
+    for seed in (0, 1):
+        train(compose_train([*over, f"seed={seed}"], tmp_path))
+    return over
+
+
+def eval_cfg(tmp_path, over, *extra):
+    return compose_train([*over, "evaluation.eps_grid=[0,0.1,0.25,0.5]", "evaluation.attack.steps=3", *extra],
+                         tmp_path, config_name="evaluate")
+
+
+def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_store, tmp_path):
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
+    (path,) = (tmp_path / "store" / "evaluations").glob("*.json")
+    assert path.with_suffix(".png").is_file()
+    c = r["curve"]
+    assert r["K"] == 2 and len(r["members"]) == 2 and c["n"] == 64 and c["eps"] == [0.0, 0.1, 0.25, 0.5]
+    assert all(a >= b for a, b in zip(c["cumulative"], c["cumulative"][1:]))
+    assert all(cu <= pe + 1e-9 for cu, pe in zip(c["cumulative"], c["per_eps"]))
+    assert c["max_norm_ratio"] <= 1 + 1e-5 and c["pixel_range"][0] >= 0 and c["pixel_range"][1] <= 1
+    assert r["auc"]["0.5"] == pytest.approx(auc(c["eps"], c["cumulative"], 0.5))
+    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == load_result(path)  # reused
+    again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))
+    assert again["curve"] == r["curve"]  # same seed, same numbers
+
+
+def test_evaluate_refuses_k_beyond_the_trained_seeds(trained_store, tmp_path):
+    with pytest.raises(ConfigError, match="K=3 needs 3 trained members.*found 2.*robust_ensembles.train"):
+        evaluate(eval_cfg(tmp_path, trained_store, "K=3"))
+
+
+def test_evaluate_refuses_weights_off_the_simplex(trained_store, tmp_path):
+    with pytest.raises(ConfigError, match="sum to 1"):
+        evaluate(eval_cfg(tmp_path, trained_store, "K=2", "ensemble.weights=[0.9,0.2]"))
+
+
+def test_check_mode_reports_every_check(trained_store, tmp_path, capsys):
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=16", "checks.eps=0.25"))
+    names = [c["name"] for c in r["checks"]]
+    assert names == ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
+                     "doubling PGD steps changes accuracy by < 1 SE", "black-box Square no stronger than white-box PGD",
+                     "adversarial examples inside the ball and in [0,1]"]
+    out = capsys.readouterr().out
+    assert out.count("[PASS]") + out.count("[FAIL]") == 6 and "AutoAttack" in out
