@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
@@ -21,6 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robust_ensembles import checks, ensembles, store, tracking
+from robust_ensembles.composites import composite_run
+from robust_ensembles.errors import ConfigError
 from robust_ensembles.evaluation import Curve, EnsembleEvaluation, load_result, plot_curves, save_result
 from robust_ensembles.train import check
 
@@ -33,19 +36,48 @@ def members_query(cfg: DictConfig) -> dict:
     return identity
 
 
+def build_members(cfg: DictConfig) -> tuple[ensembles.Ensemble, list[store.Run], str]:
+    """The evaluated model (an Ensemble, K=1 included), its store entries, and a label."""
+    ens = OmegaConf.to_container(cfg.ensemble, resolve=True)
+    if cfg.members.kind == "seeds":
+        hint = f"python -m robust_ensembles.train -m experiment={cfg.get('name')} alpha={cfg.alpha}"
+        model, runs = ensembles.from_store(cfg.store.root, members_query(cfg), cfg.K, seeds=cfg.seeds,
+                                           train_hint=hint, **ens)
+        return model, runs, (f"{cfg.K}x alpha={cfg.alpha}" if cfg.K > 1 else f"alpha={cfg.alpha}")
+    if cfg.members.kind != "composites":
+        raise ConfigError(f"members.kind={cfg.members.kind!r} is unknown; use seeds or composites.")
+    runs = []
+    for spec in cfg.members.composites:
+        comp = OmegaConf.merge(cfg.composite, spec)
+        run = composite_run(cfg, comp)[0]
+        if not run.complete:
+            raise ConfigError(
+                f"members: composite robust={comp.robust.alpha} natural={comp.natural.alpha} eps={comp.eps} "
+                f"seed={cfg.seed} is not in the store ({run.path}). Fine-tune it first: python -m "
+                f"robust_ensembles.finetune experiment={cfg.name} composite.robust.alpha={comp.robust.alpha} "
+                f"composite.natural.alpha={comp.natural.alpha} composite.eps={comp.eps} seed={cfg.seed}")
+        runs.append(run)
+    if ens["weights"] is None and cfg.members.get("weights") is not None:
+        ens["weights"] = list(cfg.members.weights)
+    model = ensembles.Ensemble([r.load_model() for r in runs], **ens)
+    parts = [f"({r.identity['composite']['robust']['alpha']}, {r.identity['composite']['natural']['alpha']})"
+             f"@{r.identity['composite']['eps']}" for r in runs]
+    weights = "/".join(f"{w:g}" for w in model.weights.tolist())
+    label = f"composite {parts[0]}" if len(runs) == 1 else f"{len(runs)}x composite {' + '.join(parts)} w={weights}"
+    return model, runs, label
+
+
 def evaluate(cfg: DictConfig) -> dict:
     check(cfg)
     attack = instantiate(cfg.evaluation.attack)
     root = cfg.store.root
-    hint = f"python -m robust_ensembles.train -m experiment={cfg.get('name')} alpha={cfg.alpha}"
-    model, runs = ensembles.from_store(root, members_query(cfg), cfg.K, seeds=cfg.seeds, train_hint=hint,
-                                       **OmegaConf.to_container(cfg.ensemble, resolve=True))
-    spec = {"members": [r.key for r in runs], "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
+    model, runs, label = build_members(cfg)
+    spec = {"members": [r.key for r in runs], "weights": model.weights.tolist(),
+            "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
             "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": cfg.check,
             "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None, "seed": cfg.seed,
             "test": {k: cfg.data[k] for k in ("source", "test_subset", "split_seed")}}
-    path = store.Path(root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
-    label = f"{cfg.K}x alpha={cfg.alpha}" if cfg.K > 1 else f"alpha={cfg.alpha}"
+    path = Path(root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
     if path.is_file() and not cfg.evaluation.force:
         log.info("[store] skip evaluation %s: %s", label, path)
         return load_result(path)
@@ -62,7 +94,8 @@ def evaluate(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=datamodule, verbose=False)
         curve: Curve = module.curve
         result = {
-            "label": label, "alpha": cfg.alpha, "K": cfg.K, "members": [{"key": r.key, "seed": r.identity["seed"]} for r in runs],
+            "label": label, "alpha": cfg.alpha, "K": len(runs), "weights": model.weights.tolist(),
+            "members": [{"key": r.key, "seed": r.identity["seed"], "backbones": r.identity.get("backbones")} for r in runs],
             "spec": spec, "attack": repr(attack), "curve": curve.to_dict(), "n": curve.n,
             "auc": {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
             "wall_s": time.perf_counter() - start, "config": OmegaConf.to_container(cfg, resolve=True),

@@ -140,6 +140,11 @@ class Run:
     path: Path
     identity: dict
 
+    @classmethod
+    def at(cls, path: Path) -> "Run":
+        """The entry stored at `path` (its identity read from disk)."""
+        return cls(path, json.loads((path / "identity.json").read_text()))
+
     @property
     def key(self) -> str:
         return self.path.name
@@ -200,7 +205,12 @@ class Run:
 
     def load_model(self, which: str = "model.pt") -> nn.Module:
         """The stored model (kept epoch by default) in eval mode."""
-        model = instantiate(self.config().model)
+        if "backbones" in self.identity:  # a composite: its backbones come from their own entries
+            from robust_ensembles.composites import Composite
+            parts = {role: Run.at(self.path.parent / key).load_model() for role, key in self.identity["backbones"].items()}
+            model = Composite(**parts)
+        else:
+            model = instantiate(self.config().model)
         model.load_state_dict(load_weights(self.path / which))
         return model.eval()
 
@@ -216,8 +226,8 @@ def query(root: str | Path, where: Mapping[str, Any], seeds: Iterable[int] | Non
     seeds = None if seeds is None else {float(s) for s in seeds}
     runs = []
     for marker in sorted(root.glob(f"*/{MARKER}")):
-        identity = json.loads((marker.parent / "identity.json").read_text())
-        if all(_select(identity, k)[0] and canonical(_select(identity, k)[1]) == v for k, v in wanted.items()):
-            if seeds is None or float(identity.get("seed", -1)) in seeds:
-                runs.append(Run(marker.parent, identity))
+        run = Run.at(marker.parent)
+        if all(_select(run.identity, k)[0] and canonical(_select(run.identity, k)[1]) == v for k, v in wanted.items()):
+            if seeds is None or float(run.identity.get("seed", -1)) in seeds:
+                runs.append(run)
     return sorted(runs, key=lambda r: r.identity.get("seed", 0))

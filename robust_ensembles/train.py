@@ -8,20 +8,13 @@ A job whose store entry is complete is skipped; one whose entry holds a last che
 
 from __future__ import annotations
 
-import logging
-import time
-
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from robust_ensembles import store, tracking
-from robust_ensembles.callbacks import Throughput
+from robust_ensembles import store
 from robust_ensembles.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from robust_ensembles.fitting import fit_into_store
 
 
 def check(cfg: DictConfig) -> None:
@@ -32,55 +25,18 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer >= 0.")
 
 
+def training_run(cfg: DictConfig) -> store.Run:
+    """The store entry of the model that `cfg` trains."""
+    return store.open_run(cfg.store.root, store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude))
+
+
 def train(cfg: DictConfig) -> dict:
     check(cfg)
     attack, eval_attack = instantiate(cfg.attack), instantiate(cfg.eval_attack)  # bad attack values fail here, fast
-    run = store.open_run(cfg.store.root, store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude))
-    tag = f"alpha={cfg.alpha} seed={cfg.seed}"
-    if run.complete:
-        log.info("[store] skip %s: complete at %s", tag, run.path)
-        return run.metrics()
-    with run.lock():
-        with open_dict(cfg):
-            cfg.paths.run_dir = str(run.path)
-        resume = run.resume_checkpoint()
-        log.info("[store] %s %s -> %s", "resume" if resume else "train", tag, run.path)
-        run.begin(cfg)
-        pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        module = instantiate(cfg.module, model=instantiate(cfg.model), attack=attack, eval_attack=eval_attack)
-        throughput = Throughput()
-        checkpoint = instantiate(cfg.checkpoint)
-        logger = instantiate(cfg.logger) if cfg.get("logger") else False
-        trainer = instantiate(cfg.trainer, callbacks=[checkpoint, throughput], logger=logger)
-        tracking.log_config(logger, cfg)
-        try:
-            start = time.perf_counter()
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-            fit_seconds = time.perf_counter() - start
-            best = store.load_weights(checkpoint.best_model_path)
-            last = {k.removeprefix("model."): v for k, v in module.state_dict().items() if k.startswith("model.")}
-            best_model = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
-            module.model.load_state_dict(best_model)
-            test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.run_test else {}
-            metrics = {
-                "best_epoch": best["epoch"], "last_epoch": trainer.current_epoch - 1,
-                "monitor": checkpoint.monitor, "best_score": float(checkpoint.best_model_score),
-                **{k: float(v) for k, v in test.items()},
-                "n_test": len(datamodule.splits["test"]), "n_train": len(datamodule.splits["train"]),
-                "fit_seconds": fit_seconds, "resumed_from": resume,
-                "train_images_per_s": throughput.images_per_s,
-                "device": str(module.device), "torch": torch.__version__, "git_commit": store.git_commit(),
-            }
-            if logger:
-                logger.log_metrics({f"store/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            run.finish(best_model, last, metrics)
-        except BaseException:
-            tracking.finish(failed=True)
-            raise
-        tracking.finish(failed=False)
-    log.info("[store] done %s: %s", tag, {k: metrics[k] for k in metrics if k.startswith("test/")})
-    return metrics
+    return fit_into_store(
+        cfg, training_run(cfg), f"alpha={cfg.alpha} seed={cfg.seed}",
+        lambda: instantiate(cfg.module, model=instantiate(cfg.model), attack=attack, eval_attack=eval_attack),
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

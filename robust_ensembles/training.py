@@ -120,7 +120,8 @@ class AdversarialTraining(pl.LightningModule):
         self._evaluate(batch, "test", [(f"test/{adv_key(e)}", e) for e in self.test_eps])
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.model.parameters())
+        # frozen parameters (a composite's backbones) never reach the optimizer
+        optimizer = self.optimizer_factory(params=[p for p in self.model.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}

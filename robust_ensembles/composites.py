@@ -1,0 +1,104 @@
+"""Composites (the paper's "meta-composites"): the penultimate features of a robust and a nearly
+natural backbone, concatenated, with one new linear layer on top.
+
+Both backbones are frozen: no trainable parameters, always in eval mode (BatchNorm running
+statistics fixed), and each keeps its own input normalization. Only `head` trains; the attack
+that trains it runs through the whole composite, i.e. through both backbones.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from robust_ensembles import store
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.training import AdversarialTraining
+
+HEAD_INITS = ("random", "robust")
+
+
+class Composite(nn.Module):
+    def __init__(self, robust: nn.Module, natural: nn.Module, head_init: str = "random"):
+        super().__init__()
+        if head_init not in HEAD_INITS:
+            raise ConfigError(f"composite.head_init={head_init!r} is unknown; use one of {list(HEAD_INITS)}.")
+        if robust.num_classes != natural.num_classes:
+            raise ConfigError(f"composite backbones predict {robust.num_classes} and {natural.num_classes} classes; "
+                              f"use backbones trained on the same data.")
+        self.robust, self.natural = robust, natural
+        for p in self.backbone_parameters():
+            p.requires_grad_(False)
+        self.num_classes = robust.num_classes
+        self.feature_dim = robust.feature_dim + natural.feature_dim  # from the backbones, not from config
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+        if head_init == "robust":
+            self.copy_robust_head()
+        self.train(False)
+
+    def backbone_parameters(self):
+        yield from self.robust.parameters()
+        yield from self.natural.parameters()
+
+    @torch.no_grad()
+    def copy_robust_head(self) -> None:
+        """Head = the robust model's head on the robust features, zero on the natural ones."""
+        d = self.robust.feature_dim
+        self.head.weight.zero_()
+        self.head.weight[:, :d] = self.robust.head.weight
+        self.head.bias.copy_(self.robust.head.bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.robust.eval()
+        self.natural.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.robust.features(x), self.natural.features(x)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CompositeTraining(AdversarialTraining):
+    """PGD adversarial training of a composite's head; the attack runs through the whole composite.
+
+    Same metrics and checkpoint selection as `AdversarialTraining`; only parameters that require
+    gradients (the head) are optimised, and the backbones stay in eval mode throughout.
+    """
+
+    def __init__(self, model: Composite, **kwargs):
+        if not isinstance(model, Composite):
+            raise ConfigError(f"CompositeTraining trains a Composite, got {type(model).__name__}.")
+        super().__init__(model=model, **kwargs)
+
+
+# ----------------------------------------------------------------------------- store lookups
+def backbone_run(cfg: DictConfig, spec: DictConfig, role: str) -> store.Run:
+    """The complete store entry of a backbone trained with cfg's recipe at spec.alpha, spec.seed."""
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.alpha, c.seed = spec.alpha, spec.seed
+    run = store.open_run(c.store.root, store.identity_of(c, c.store.identity.include, c.store.identity.exclude))
+    if not run.complete:
+        raise ConfigError(
+            f"composite.{role}: no trained backbone at alpha={spec.alpha} seed={spec.seed} in {c.store.root} "
+            f"(expected {run.path}). Train it first: python -m robust_ensembles.train "
+            f"experiment={cfg.name} alpha={spec.alpha} seed={spec.seed}")
+    return run
+
+
+def composite_run(cfg: DictConfig, composite: DictConfig) -> tuple[store.Run, store.Run, store.Run]:
+    """(composite entry, robust backbone entry, natural backbone entry) for one composite config."""
+    robust, natural = backbone_run(cfg, composite.robust, "robust"), backbone_run(cfg, composite.natural, "natural")
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.composite = composite
+        c.alpha = composite.eps  # the head's training attack runs at the composite's eps
+    ident = store.identity_of(c, c.store.composite_identity.include, c.store.composite_identity.exclude)
+    ident["backbones"] = {"robust": robust.key, "natural": natural.key}
+    return store.open_run(c.store.root, ident), robust, natural

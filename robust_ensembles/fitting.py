@@ -1,0 +1,72 @@
+"""Fit a LightningModule into a store entry: skip when complete, resume when a job died, keep
+the best validation epoch, test it, then write weights, metrics and the completion marker.
+
+Shared by `train` (one model) and `finetune` (a composite's head).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from robust_ensembles import store, tracking
+from robust_ensembles.callbacks import Throughput
+
+log = logging.getLogger(__name__)
+
+
+def _model_state(state_dict: dict) -> dict:
+    return {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+
+
+def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Callable[[], pl.LightningModule],
+                   **trainer_overrides) -> dict:
+    if run.complete:
+        log.info("[store] skip %s: complete at %s", tag, run.path)
+        return run.metrics()
+    with run.lock():
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run.path)
+        resume = run.resume_checkpoint()
+        log.info("[store] %s %s -> %s", "resume" if resume else "train", tag, run.path)
+        run.begin(cfg)
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        module = build_module()
+        throughput = Throughput()
+        checkpoint = instantiate(cfg.checkpoint)
+        logger = instantiate(cfg.logger) if cfg.get("logger") else False
+        trainer = instantiate(cfg.trainer, callbacks=[checkpoint, throughput], logger=logger, **trainer_overrides)
+        tracking.log_config(logger, cfg)
+        try:
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            fit_seconds = time.perf_counter() - start
+            best = store.load_weights(checkpoint.best_model_path)
+            last, kept = _model_state(module.state_dict()), _model_state(best["state_dict"])
+            module.model.load_state_dict(kept)
+            test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.run_test else {}
+            metrics = {
+                "best_epoch": best["epoch"], "last_epoch": trainer.current_epoch - 1,
+                "monitor": checkpoint.monitor, "best_score": float(checkpoint.best_model_score),
+                **{k: float(v) for k, v in test.items()},
+                "n_test": len(datamodule.splits["test"]), "n_train": len(datamodule.splits["train"]),
+                "fit_seconds": fit_seconds, "resumed_from": resume,
+                "train_images_per_s": throughput.images_per_s,
+                "device": str(module.device), "torch": torch.__version__, "git_commit": store.git_commit(),
+            }
+            if logger:
+                logger.log_metrics({f"store/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            run.finish(kept, last, metrics)
+        except BaseException:
+            tracking.finish(failed=True)
+            raise
+        tracking.finish(failed=False)
+    log.info("[store] done %s: %s", tag, {k: metrics[k] for k in metrics if k.startswith("test/")})
+    return metrics
