@@ -2,13 +2,16 @@
 PYTHON ?= python
 ARGS ?=
 
-.PHONY: help install test test-slow train-cpu train-paper clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper bench bench-gpu clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 install:  ## install the project and its test tools into the current environment
 	$(PYTHON) -m pip install -e ".[dev]"
+
+bench-deps:  ## torchattacks for the bench baseline (--no-deps: its requests pin breaks resolution)
+	$(PYTHON) -m pip install --no-deps torchattacks==3.5.1 scipy
 
 test:  ## fast tests (the CI run; minutes on 2 cores)
 	$(PYTHON) -m pytest -m "not slow"
@@ -21,6 +24,12 @@ train-cpu:  ## CPU scale: 2 natural + 2 alpha=0.25 models on the JPEG archive (A
 
 train-paper:  ## paper scale (GPU): ResNet18 at alpha 0.22 and 0.5, 8 seeds each (ARGS=... adds overrides)
 	$(PYTHON) -m robust_ensembles.train -m experiment=paper alpha=0.22,0.5 'seed=range(8)' $(ARGS)
+
+bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
+	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
+
+bench-gpu:  ## one paper-scale epoch (ResNet18, 50k images, PGD-7 at 0.5, batch 512) vs a clean epoch, on a GPU
+	$(PYTHON) -m robust_ensembles.bench bench.mode=gpu_epoch model=resnet18 bench.output=docs/bench-gpu.md $(ARGS)
 
 clean-outputs:  ## remove Hydra's per-run log folders (never the store)
 	rm -rf outputs multirun

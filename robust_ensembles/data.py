@@ -215,6 +215,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         eval_batch_size: int,
         augment: dict,
         num_workers: int,
+        device_resident: bool = False,
         synthetic: dict | None = None,
     ):
         super().__init__()
@@ -231,6 +232,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.val_size, self.split_seed, self.subset, self.test_subset = val_size, split_seed, subset, test_subset
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.synthetic = augment, synthetic
+        self.device_resident = device_resident
         self.splits: dict[str, _Batches] = {}
 
     def load(self) -> dict:
@@ -265,6 +267,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
             "val": _Batches(data["train_x"][val_idx], data["train_y"][val_idx]),
             "test": _Batches(data["test_x"][test_idx], data["test_y"][test_idx]),
         }
+        if self.device_resident:
+            if torch.cuda.is_available():  # uint8 images on the GPU: batches are slices there
+                self.splits = {k: _Batches(v.x.cuda(), v.y.cuda()) for k, v in self.splits.items()}
+            else:
+                log.info("data.device_resident=true but no CUDA device: images stay in host memory")
         log.info("data: %s", {k: len(v) for k, v in self.splits.items()})
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
@@ -272,7 +279,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
         return DataLoader(
             ds, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available() and ds.x.device.type == "cpu",
         )
 
     def train_dataloader(self):

@@ -36,6 +36,8 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
         resume = run.resume_checkpoint()
         log.info("[store] %s %s -> %s", "resume" if resume else "train", tag, run.path)
         run.begin(cfg)
+        if cfg.get("threads"):
+            torch.set_num_threads(cfg.threads)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
         module = build_module()

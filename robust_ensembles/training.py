@@ -7,6 +7,7 @@ training image (alpha = 0: natural training). Metrics are named for what they ar
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
@@ -16,6 +17,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from robust_ensembles.attacks import PGD
+
+log = logging.getLogger(__name__)
 
 
 def adv_key(eps: float) -> str:
@@ -27,6 +30,15 @@ def _slot(metric_name: str) -> str:
     return metric_name.replace("/", "_").replace("@", "_at_").replace(".", "p")
 
 
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile(model), or the model itself (with a warning) where compilation is unavailable."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # backend missing, unsupported platform: eager is always correct
+        log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, e)
+        return model
+
+
 class AdversarialTraining(pl.LightningModule):
     """Args:
         model: a `Classifier` taking [0, 1] pixels.
@@ -36,6 +48,7 @@ class AdversarialTraining(pl.LightningModule):
         test_eps: radii at which `trainer.test` reports adversarial accuracy.
         train_nat_metrics: also log accuracy on the clean training batch (one extra forward).
         channels_last: run the model in channels_last memory format.
+        compile: run the model through torch.compile (eager if compilation fails).
     """
 
     def __init__(
@@ -48,6 +61,7 @@ class AdversarialTraining(pl.LightningModule):
         test_eps: Sequence[float],
         train_nat_metrics: bool,
         channels_last: bool,
+        compile: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -57,6 +71,8 @@ class AdversarialTraining(pl.LightningModule):
         self.train_nat_metrics = train_nat_metrics
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        # not registered as a submodule: the weights live (and are saved) once, under `model`
+        object.__setattr__(self, "forward_model", compiled(self.model) if compile else self.model)
         nc = model.num_classes
         self.acc = nn.ModuleDict({
             _slot(name): MulticlassAccuracy(nc, average="micro")
@@ -85,15 +101,15 @@ class AdversarialTraining(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         x = self._input(x)
-        x_adv = self.attack(self.model, x, y)
-        logits = self.model(x_adv)
+        x_adv = self.attack(self.forward_model, x, y)
+        logits = self.forward_model(x_adv)
         loss = F.cross_entropy(logits, y)
         self.log("train/adv_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self._log_acc("train/adv_acc", logits.detach(), y, prog_bar=True)
         if self.train_nat_metrics:
             self.model.eval()
             with torch.no_grad():
-                self._log_acc("train/nat_acc", self.model(x), y)
+                self._log_acc("train/nat_acc", self.forward_model(x), y)
             self.model.train()
         return loss
 
@@ -101,13 +117,13 @@ class AdversarialTraining(pl.LightningModule):
         x, y = batch
         x = self._input(x)
         with torch.no_grad():
-            nat_logits = self.model(x)
+            nat_logits = self.forward_model(x)
         self.log(f"{stage}/nat_loss", F.cross_entropy(nat_logits, y))
         self._log_acc(f"{stage}/nat_acc", nat_logits, y, prog_bar=stage == "val")
         for name, eps in radii:
-            x_adv = self.eval_attack(self.model, x, y, eps=eps)
+            x_adv = self.eval_attack(self.forward_model, x, y, eps=eps)
             with torch.no_grad():
-                logits = self.model(x_adv)
+                logits = self.forward_model(x_adv)
             if name == f"{stage}/adv_acc":
                 self.log(f"{stage}/adv_loss", F.cross_entropy(logits, y))
             self._log_acc(name, logits, y, prog_bar=stage == "val")

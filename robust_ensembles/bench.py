@@ -1,0 +1,294 @@
+"""Speed, measured side by side in one run: `python -m robust_ensembles.bench` (or `make bench`).
+
+Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeats` rounds after
+`bench.warmup` untimed calls, and reports the median ratio with its min and max over rounds:
+
+1. a PGD-k adversarial training step / a clean training step (floor 1 + 2k/3; target <= 1.1 x floor);
+2. the "common" PGD (loss.backward() into the weights on every step) / ours (target >= 1.25);
+3. torchattacks.PGDL2 / ours at the same steps and step size (target >= 1.0), with both
+   accuracies and their standard errors on `bench.accuracy_n` points;
+4. ensemble forward + input gradient, K members: loop, torch.func vmap, loop + channels_last.
+
+`bench.mode=gpu_epoch` instead times one paper-scale epoch (ResNet18, PGD-7 at 0.5) and a clean
+epoch on the GPU fast path (data resident on the device, channels_last, bf16 autocast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from robust_ensembles.attacks import PGD
+from robust_ensembles.data import random_crop, random_flip
+from robust_ensembles.ensembles import Ensemble
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.evaluation import standard_error
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int, inner: int,
+                device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of each fn, per round; contenders alternate within every round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / inner)
+    return times
+
+
+def ratio_stats(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
+
+
+def common_pgd(model, x, y, eps, steps, step_size, tiny):
+    """PGD as commonly written: loss.backward() fills every weight's .grad on every step."""
+    was = model.training
+    model.eval()
+    delta = torch.randn_like(x)
+    delta = eps * delta / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + tiny)
+    delta = (x + delta).clamp(0, 1) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        model.zero_grad()
+        loss.backward()
+        g = delta.grad
+        delta = delta.detach() + step_size * g / (g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + tiny)
+        delta = delta * torch.clamp(eps / (delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + tiny), max=1.0)
+        delta = (x + delta).clamp(0, 1) - x
+    model.train(was)
+    return (x + delta).detach()
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[tuple[str, float, float, float, str, bool | None]] = []
+        self.notes: list[str] = []
+
+    def add(self, name, stats, target: str = "", met: bool | None = None):
+        self.rows.append((name, *stats, target, met))
+
+    def markdown(self) -> str:
+        lines = ["| measurement | median | min | max | target | met |", "| --- | ---: | ---: | ---: | --- | --- |"]
+        for name, med, lo, hi, target, met in self.rows:
+            flag = "" if met is None else ("yes" if met else "**no**")
+            lines.append(f"| {name} | {med:.3f} | {lo:.3f} | {hi:.3f} | {target} | {flag} |")
+        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes])
+
+
+def bench_ratios(cfg: DictConfig, device: torch.device) -> Report:
+    b = cfg.bench
+    rep = Report()
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.rand(b.batch_size, 3, b.image_size, b.image_size, generator=g).to(device)
+    y = torch.randint(0, cfg.data.num_classes, (b.batch_size,), generator=g).to(device)
+    model = instantiate(cfg.model).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=b.lr, momentum=b.momentum)
+    run = lambda fns: interleaved(fns, b.repeats, b.warmup, b.inner, device)
+
+    def train_step(inputs_fn):
+        def step():
+            xi = inputs_fn()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xi), y).backward()
+            opt.step()
+        return step
+
+    for k in b.steps:
+        attack = PGD(eps=b.eps, norm="l2", steps=k, rel_step_size=b.rel_step_size, random_start=True)
+        t = run({"clean": train_step(lambda: x), "adv": train_step(lambda: attack(model, x, y))})
+        floor = 1 + 2 * k / 3
+        med = ratio_stats(t["adv"], t["clean"])
+        rep.add(f"1. PGD-{k} training step / clean step", med, f"<= {b.target_train_factor} x {floor:.2f} = "
+                f"{b.target_train_factor * floor:.2f}", med[0] <= b.target_train_factor * floor)
+    k = max(b.steps)
+    attack = PGD(eps=b.eps, norm="l2", steps=k, rel_step_size=b.rel_step_size, random_start=True)
+    step = attack.step_size_for(b.eps)
+    model.train()
+    t = run({"ours": lambda: attack(model, x, y),
+             "common": lambda: common_pgd(model, x, y, b.eps, k, step, attack.threat.tiny)})
+    med = ratio_stats(t["common"], t["ours"])
+    rep.add(f"2. common PGD-{k} (backward into weights) / ours", med, f">= {b.target_common}", med[0] >= b.target_common)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    if b.torchattacks:
+        bench_torchattacks(cfg, model, x, y, attack, rep, run, device)
+    bench_ensemble(cfg, device, rep, run)
+    return rep
+
+
+def bench_torchattacks(cfg, model, x, y, attack, rep, run, device):
+    b = cfg.bench
+    try:
+        import torchattacks
+    except ImportError:
+        raise ConfigError("bench.torchattacks=true needs torchattacks: pip install --no-deps torchattacks==3.5.1 scipy "
+                          "(see ../shared/DEPENDENCIES.md), or set bench.torchattacks=false.") from None
+    eps = b.eps
+    theirs = torchattacks.PGDL2(model, eps=eps, alpha=attack.step_size_for(eps), steps=attack.steps, random_start=True)
+    t = run({"ours": lambda: attack(model, x, y), "torchattacks": lambda: theirs(x, y)})
+    med = ratio_stats(t["torchattacks"], t["ours"])
+    # accuracy of the same model under both attacks, on the same points
+    xs, ys = accuracy_data(cfg, model, device)
+    acc = {}
+    for name, fn in (("ours", lambda a, b_: attack(model, a, b_)), ("torchattacks", lambda a, b_: theirs(a, b_))):
+        correct = 0
+        for i in range(0, len(ys), b.batch_size):
+            xa = fn(xs[i:i + b.batch_size], ys[i:i + b.batch_size])
+            with torch.no_grad():
+                correct += (model(xa).argmax(1) == ys[i:i + b.batch_size]).sum().item()
+        acc[name] = correct / len(ys)
+    se = max(standard_error(acc["ours"], len(ys)), standard_error(acc["torchattacks"], len(ys)))
+    same = abs(acc["ours"] - acc["torchattacks"]) <= se
+    rep.add(f"3. torchattacks.PGDL2-{attack.steps} / ours", med, ">= 1.0", med[0] >= 1.0)
+    rep.notes.append(f"3. accuracy at eps={eps} on {len(ys)} points ({b.accuracy_source}): ours "
+                     f"{100 * acc['ours']:.2f}%, torchattacks {100 * acc['torchattacks']:.2f}% (1 SE = "
+                     f"{100 * se:.2f} points): {'same within 1 SE' if same else '**differ by more than 1 SE**'}")
+
+
+def accuracy_data(cfg, model, device):
+    """Points for the accuracy comparison: a stored CPU-scale model on real test images, or synthetic."""
+    b = cfg.bench
+    if b.accuracy_source == "store":
+        from robust_ensembles import store
+        runs = store.query(cfg.store.root, {"alpha": b.store_alpha, "model._target_": cfg.model._target_})
+        if not runs:
+            raise ConfigError(f"bench.accuracy_source=store needs a trained model at alpha={b.store_alpha}: "
+                              f"python -m robust_ensembles.train experiment=cpu alpha={b.store_alpha} seed=0")
+        stored = runs[0].load_model().to(device)
+        model.load_state_dict(stored.state_dict())
+        dm = instantiate(cfg.data)
+        dm.setup("test")
+        xs, ys = dm.splits["test"][list(range(min(b.accuracy_n, len(dm.splits["test"]))))]
+        return xs.to(device).float() / 255, ys.to(device)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    xs = torch.rand(b.accuracy_n, 3, b.image_size, b.image_size, generator=g).to(device)
+    with torch.no_grad():
+        ys = model(xs).argmax(1)  # points the model classifies "correctly" by construction
+    return xs, ys
+
+
+def bench_ensemble(cfg, device, rep, run):
+    b = cfg.bench
+    members = [instantiate(cfg.model).to(device).eval() for _ in range(b.ensemble_k)]
+    x = torch.rand(b.ensemble_batch, 3, b.image_size, b.image_size, device=device)
+    y = torch.randint(0, cfg.data.num_classes, (b.ensemble_batch,), device=device)
+    variants = {
+        "loop": (Ensemble(members, impl="loop"), torch.contiguous_format),
+        "vmap": (Ensemble(members, impl="vmap"), torch.contiguous_format),
+        "loop+channels_last": (Ensemble([copy.deepcopy(m).to(memory_format=torch.channels_last) for m in members],
+                                        impl="loop"), torch.channels_last),
+    }
+
+    def fwd_grad(ens, fmt):
+        def f():
+            xi = x.contiguous(memory_format=fmt).requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(ens(xi), y), xi)
+        return f
+
+    t = run({name: fwd_grad(*v) for name, v in variants.items()})
+    for name in ("vmap", "loop+channels_last"):
+        rep.add(f"4. K={b.ensemble_k} ensemble fwd+input-grad: {name} / loop", ratio_stats(t[name], t["loop"]),
+                "< 1 means faster than loop")
+    best = min(t, key=lambda n: statistics.median(t[n]))
+    rep.notes.append(f"4. fastest ensemble path on {device.type}: {best} "
+                     f"(median {1000 * statistics.median(t[best]):.1f} ms per call, batch {b.ensemble_batch})")
+
+
+def bench_gpu_epoch(cfg: DictConfig, device: torch.device) -> Report:
+    """One epoch of PGD-k training and one clean epoch on the GPU fast path; data resident on device."""
+    g = cfg.bench.gpu_epoch
+    rep = Report()
+    n, bs = g.n_images, g.batch_size
+    data = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, cfg.data.num_classes, (n,), device=device)
+    model = instantiate(cfg.model).to(device).to(memory_format=torch.channels_last)
+    if g.compile:
+        model = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    attack = PGD(eps=g.eps, norm="l2", steps=g.steps, rel_step_size=2.5, random_start=True)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if g.bf16 else contextlib.nullcontext())
+
+    def epoch(adversarial: bool):
+        perm = torch.randperm(n, device=device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            x = random_flip(random_crop(data[idx].float() / 255, 4)).contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            with autocast:
+                if adversarial:
+                    x = attack(model, x, y)
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    t = interleaved({"clean": lambda: epoch(False), "adv": lambda: epoch(True)}, g.repeats, 1, 1, device)
+    rep.add(f"PGD-{g.steps} epoch / clean epoch ({n} images, batch {bs})", ratio_stats(t["adv"], t["clean"]))
+    rep.add("PGD epoch seconds", (statistics.median(t["adv"]), min(t["adv"]), max(t["adv"])),
+            f"<= {g.target_s} s on one H100", statistics.median(t["adv"]) <= g.target_s)
+    rep.add("clean epoch seconds", (statistics.median(t["clean"]), min(t["clean"]), max(t["clean"])))
+    return rep
+
+
+def header(cfg: DictConfig, device: torch.device) -> str:
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    return (f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+            f"mode {cfg.bench.mode}; batch {cfg.bench.batch_size}; repeats {cfg.bench.repeats} x {cfg.bench.inner}")
+
+
+def bench(cfg: DictConfig) -> Report:
+    if cfg.bench.threads:
+        torch.set_num_threads(cfg.bench.threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.bench.device != "cpu" else "cpu")
+    if cfg.bench.mode == "ratios":
+        rep = bench_ratios(cfg, device)
+    elif cfg.bench.mode == "gpu_epoch":
+        if device.type != "cuda" and not cfg.bench.allow_cpu:
+            raise ConfigError("bench.mode=gpu_epoch measures a GPU; no CUDA device is visible "
+                              "(bench.allow_cpu=true runs its logic on the CPU at small sizes).")
+        rep = bench_gpu_epoch(cfg, device)
+    else:
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios or gpu_epoch.")
+    text = f"{header(cfg, device)}\n\n{rep.markdown()}\n"
+    print(text, flush=True)
+    if cfg.bench.output:
+        out = Path(cfg.bench.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return rep
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    bench(cfg)
+
+
+if __name__ == "__main__":
+    main()

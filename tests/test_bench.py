@@ -1,0 +1,47 @@
+"""The benchmark runs end to end at smoke sizes (speed itself is measured by `make bench`, not here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from robust_ensembles import CONFIG_DIR
+from robust_ensembles.bench import bench
+from robust_ensembles.errors import ConfigError
+
+SMOKE = ["bench.batch_size=8", "bench.image_size=16", "bench.steps=[1,2]", "bench.repeats=2", "bench.warmup=1",
+         "bench.inner=1", "bench.accuracy_source=synthetic", "bench.accuracy_n=16", "bench.ensemble_k=2",
+         "bench.ensemble_batch=8", "model.width=4", "bench.device=cpu"]
+
+
+def compose_bench(tmp_path, *overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("bench", overrides=[*SMOKE, *overrides, f"paths.root_dir={tmp_path}"])
+
+
+def test_ratio_table_is_produced_with_finite_ratios(tmp_path, capsys):
+    out = tmp_path / "perf.md"
+    rep = bench(compose_bench(tmp_path, f"bench.output={out}"))
+    names = [r[0] for r in rep.rows]
+    assert any(n.startswith("1. PGD-1") for n in names) and any(n.startswith("1. PGD-2") for n in names)
+    assert any(n.startswith("2. common") for n in names) and any(n.startswith("3. torchattacks") for n in names)
+    assert sum(n.startswith("4. K=2") for n in names) == 2
+    assert all(math.isfinite(v) and v > 0 for r in rep.rows for v in r[1:4])
+    assert any(n.startswith("3. accuracy") for n in rep.notes) and any("fastest ensemble path" in n for n in rep.notes)
+    text = out.read_text()
+    assert "| measurement | median | min | max |" in text and "device: CPU" in text
+    assert "| measurement" in capsys.readouterr().out
+
+
+def test_gpu_epoch_logic_runs_on_the_cpu_at_small_size(tmp_path):
+    rep = bench(compose_bench(tmp_path, "bench.mode=gpu_epoch", "bench.allow_cpu=true", "bench.gpu_epoch.n_images=32",
+                              "bench.gpu_epoch.batch_size=16", "bench.gpu_epoch.repeats=1", "bench.gpu_epoch.bf16=false"))
+    assert rep.rows[0][0].startswith("PGD-7 epoch / clean epoch") and rep.rows[0][1] > 1
+
+
+def test_gpu_epoch_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        bench(compose_bench(tmp_path, "bench.mode=gpu_epoch", "bench.device=auto"))

@@ -1,0 +1,40 @@
+"""Hydra launchers: one job per GPU through Ray, SLURM arrays through submitit; a 2-job Ray run on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import TINY, run_module
+
+
+def launcher_cfg(name: str) -> dict:
+    out = run_module(["robust_ensembles.train", f"hydra/launcher={name}", "--cfg", "hydra", "--package", "hydra.launcher"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return yaml.safe_load(out.stdout.split("\n", 1)[1])
+
+
+def test_gpus_launcher_gives_each_job_one_gpu():
+    cfg = launcher_cfg("gpus")
+    assert cfg["_target_"].endswith("RayLauncher")
+    assert cfg["ray"]["remote"]["num_gpus"] == 1 and cfg["ray"]["init"].get("num_gpus") is None
+
+
+def test_slurm_launcher_builds_a_gpu_array():
+    cfg = launcher_cfg("slurm")
+    assert cfg["_target_"].endswith("SlurmLauncher")
+    assert cfg["gpus_per_node"] == 1 and cfg["tasks_per_node"] == 1 and cfg["array_parallelism"] >= 1
+
+
+@pytest.mark.slow
+def test_two_parallel_ray_jobs_on_cpu_write_two_entries_and_a_rerun_skips_them(tmp_path):
+    args = ["robust_ensembles.train", "-m", "hydra/launcher=ray_cpu", "threads=1", *TINY, "alpha=0.1", "seed=0,1",
+            f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    env = {"RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    first = run_module(args, env_extra=env, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert len(list((tmp_path / "store").glob("*/COMPLETE"))) == 2
+    second = run_module(args, env_extra=env, timeout=600)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count("[store] skip") == 2 and "[store] train" not in log
