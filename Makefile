@@ -1,11 +1,13 @@
 # robust-ensembles: `make help` lists the targets.
 PYTHON ?= python
 ARGS ?=
+SCALE ?= cpu
+ESTIMATE ?=
 
-.PHONY: help install bench-deps test test-slow train-cpu train-paper bench bench-gpu clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu clean-outputs
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_ -]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 install:  ## install the project and its test tools into the current environment
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -24,6 +26,11 @@ train-cpu:  ## CPU scale: 2 natural + 2 alpha=0.25 models on the JPEG archive (A
 
 train-paper:  ## paper scale (GPU): ResNet18 at alpha 0.22 and 0.5, 8 seeds each (ARGS=... adds overrides)
 	$(PYTHON) -m robust_ensembles.train -m experiment=paper alpha=0.22,0.5 'seed=range(8)' $(ARGS)
+
+tables: table1 table2-size table2-equivalence  ## all three paper tables (SCALE=cpu|paper, ARGS=hydra overrides)
+
+table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only)
+	$(PYTHON) -m robust_ensembles.sweep $(subst -,_,$@) --scale $(SCALE) $(if $(ESTIMATE),--estimate) -- $(ARGS)
 
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)

@@ -41,15 +41,23 @@ def attacked_accuracy(model, attack, x, y, eps, batch_size) -> float:
     return correct / len(y)
 
 
+def autoattack_vs_pgd(model, attack: PGD, autoattack: AutoAttack, x, y, eps: float, batch_size: int) -> dict:
+    """PGD and AutoAttack accuracy on the same points at eps, with standard errors."""
+    pgd = attacked_accuracy(model, attack, x, y, eps, batch_size)
+    aa = accuracy(model, autoattack(model, x, y, eps=eps), y, batch_size)
+    n = len(y)
+    return {"eps": eps, "n": n, "pgd_acc": pgd, "pgd_se": standard_error(pgd, n), "autoattack_acc": aa,
+            "autoattack_se": standard_error(aa, n), "attack": repr(attack), "autoattack": autoattack.version}
+
+
 def run_checks(model, curve: Curve, attack: PGD, autoattack: AutoAttack, square: AutoAttack,
                x: torch.Tensor, y: torch.Tensor, eps: float, large_eps: float, large_eps_max_acc: float,
                max_gap: float, batch_size: int) -> list[Check]:
     """x, y: the subset (sized by config) on which PGD, doubled PGD, AutoAttack and Square are compared."""
     n = len(y)
     checks = []
-    pgd = attacked_accuracy(model, attack, x, y, eps, batch_size)
-    se = standard_error(pgd, n)
-    aa = accuracy(model, autoattack(model, x, y, eps=eps), y, batch_size)
+    cmp = autoattack_vs_pgd(model, attack, autoattack, x, y, eps, batch_size)
+    pgd, aa, se = cmp["pgd_acc"], cmp["autoattack_acc"], cmp["pgd_se"]
     checks.append(Check("PGD vs AutoAttack", aa >= pgd - max_gap,
                         f"eps={eps}, n={n}: PGD-{attack.steps} {100 * pgd:.2f}%, AutoAttack ({autoattack.version}) "
                         f"{100 * aa:.2f}% (gap {100 * (pgd - aa):+.2f} points, allowed {100 * max_gap:.1f})"))

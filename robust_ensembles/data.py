@@ -216,6 +216,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         augment: dict,
         num_workers: int,
         device_resident: bool = False,
+        test_split: str = "test",
         synthetic: dict | None = None,
     ):
         super().__init__()
@@ -233,6 +234,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment, self.synthetic = augment, synthetic
         self.device_resident = device_resident
+        if test_split not in ("test", "val"):
+            raise ConfigError(f"evaluation.split={test_split!r} must be test or val.")
+        self.test_split = test_split  # what trainer.test evaluates: the test set, or the validation split
         self.splits: dict[str, _Batches] = {}
 
     def load(self) -> dict:
@@ -289,7 +293,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self):
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_split, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

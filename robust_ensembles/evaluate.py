@@ -76,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
             "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": cfg.check,
             "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None, "seed": cfg.seed,
-            "test": {k: cfg.data[k] for k in ("source", "test_subset", "split_seed")}}
+            "test": {k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
     path = Path(root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
     if path.is_file() and not cfg.evaluation.force:
         log.info("[store] skip evaluation %s: %s", label, path)
@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict:
     with open_dict(cfg):
         cfg.paths.run_dir = str(path.with_suffix(""))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size)
+    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
     module = EnsembleEvaluation(model, attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=[], enable_checkpointing=False)
@@ -101,10 +101,18 @@ def evaluate(cfg: DictConfig) -> dict:
             "wall_s": time.perf_counter() - start, "config": OmegaConf.to_container(cfg, resolve=True),
             "git_commit": store.git_commit(), "device": str(module.device),
         }
-        if cfg.check:
-            x, y = datamodule.splits["test"][list(range(min(cfg.checks.n, curve.n)))]  # the first n test points
+        aa_cfg = cfg.evaluation.autoattack
+        if cfg.check or aa_cfg.eps is not None:
+            n = max(cfg.checks.n if cfg.check else 0, aa_cfg.n if aa_cfg.eps is not None else 0)
+            x, y = datamodule.splits[cfg.evaluation.split][list(range(min(n, curve.n)))]  # the first n points
             x, y = x.to(module.device).float() / 255, y.to(module.device)
-            found = checks.run_checks(model.to(module.device), curve, attack, instantiate(cfg.checks.autoattack),
+            model = model.to(module.device)
+        if aa_cfg.eps is not None:  # the AutoAttack column of a table
+            result["autoattack"] = checks.autoattack_vs_pgd(model, attack, instantiate(cfg.checks.autoattack),
+                                                            x[:aa_cfg.n], y[:aa_cfg.n], aa_cfg.eps,
+                                                            cfg.evaluation.batch_size)
+        if cfg.check:
+            found = checks.run_checks(model, curve, attack, instantiate(cfg.checks.autoattack),
                                       instantiate(cfg.checks.square), x, y, cfg.checks.eps, cfg.checks.large_eps,
                                       cfg.checks.large_eps_max_acc, cfg.checks.max_gap, cfg.evaluation.batch_size)
             result["checks"] = checks.as_dicts(found)

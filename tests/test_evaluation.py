@@ -85,10 +85,20 @@ def test_evaluate_refuses_weights_off_the_simplex(trained_store, tmp_path):
 
 
 def test_check_mode_reports_every_check(trained_store, tmp_path, capsys):
-    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=16", "checks.eps=0.25"))
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=16", "checks.eps=0.25",
+                          "evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8"))
+    aa = r["autoattack"]
+    assert aa["n"] == 8 and aa["eps"] == 0.25 and 0 <= aa["autoattack_acc"] <= 1 and aa["autoattack"] == "standard"
     names = [c["name"] for c in r["checks"]]
     assert names == ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
                      "doubling PGD steps changes accuracy by < 1 SE", "black-box Square no stronger than white-box PGD",
                      "adversarial examples inside the ball and in [0,1]"]
     out = capsys.readouterr().out
     assert out.count("[PASS]") + out.count("[FAIL]") == 6 and "AutoAttack" in out
+
+
+def test_evaluation_on_the_validation_split(trained_store, tmp_path):
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=1", "evaluation.split=val"))
+    assert r["n"] == 32  # data.val_size of the synthetic preset, not the 64 test images
+    t = evaluate(eval_cfg(tmp_path, trained_store, "K=1"))
+    assert t["n"] == 64

@@ -1,0 +1,277 @@
+"""Fill one paper table: train what the store lacks (a Hydra multirun, so any launcher applies),
+fine-tune composites, evaluate every row (reusing stored results), write the reports.
+
+    python -m robust_ensembles.sweep table1 --scale cpu [--estimate] [-- hydra overrides...]
+
+Each table is declared in `sweeps/<table>.yaml`: per scale, the experiment preset and the rows
+(which alphas, seeds, composites). Overrides after `--` reach every train, finetune and evaluate
+call (`hydra/...` overrides only the multiruns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.evaluate import evaluate
+from robust_ensembles.evaluation import plot_curves, standard_error
+from robust_ensembles.tables import curve_of, equivalent_eps, fmt_acc, write_table
+from robust_ensembles.train import training_run
+
+log = logging.getLogger("robust_ensembles.sweep")
+SWEEPS_DIR = PROJECT_ROOT / "sweeps"
+
+
+def cfg_for(config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra")])
+
+
+class Sweep:
+    def __init__(self, table: str, scale: str, overrides: list[str]):
+        path = SWEEPS_DIR / f"{table}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no sweep {path}; tables: {sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml'))}")
+        self.spec = OmegaConf.load(path)
+        if scale not in self.spec.scales:
+            raise ConfigError(f"--scale {scale} is not declared in {path}; use one of {list(self.spec.scales)}.")
+        self.table, self.scale, self.s = table, scale, self.spec.scales[scale]
+        self.base = [f"experiment={self.s.experiment}", *self.s.get("overrides", []), *overrides]
+        self.trained: list[str] = []
+
+    # ------------------------------------------------------------------ what the table needs
+    def seed_needs(self) -> dict[float, int]:
+        """alpha -> number of seeds, over every row (and the composites' backbones)."""
+        need: dict[float, int] = {}
+        for row in self.rows_needing_seeds():
+            need[float(row["alpha"])] = max(need.get(float(row["alpha"]), 0), int(row["K"]))
+        for option in self.composite_options():
+            comp = cfg_for("finetune", [*self.base, f"composite={option}"]).composite
+            for part in (comp.robust, comp.natural):
+                need[float(part.alpha)] = max(need.get(float(part.alpha), 0), int(part.seed) + 1)
+        return need
+
+    def rows_needing_seeds(self) -> list[dict]:
+        rows = [dict(r) for r in self.s.get("rows", []) if "alpha" in r]
+        for alpha in self.s.get("alphas", []):  # table 2 right: K-ensembles at each alpha, singles on a grid
+            rows.append({"alpha": alpha, "K": self.s.K})
+        for e in self.s.get("single_grid", []):
+            rows.append({"alpha": e, "K": 1})
+        for alpha in self.s.get("alpha_candidates", []):
+            rows.append({"alpha": alpha, "K": self.s.K})
+        if self.s.get("K_values"):  # table 2 left: K-ensembles at the target eps
+            rows.append({"alpha": self.spec.target_eps, "K": max(self.s.K_values)})
+        return [r for r in rows if r["alpha"] != "chosen"]
+
+    def composite_options(self) -> list[str]:
+        return sorted({o for r in self.s.get("rows", []) for o in r.get("composites", [])})
+
+    def missing(self) -> tuple[list[tuple[float, int]], list[str]]:
+        jobs = [(a, seed) for a, k in sorted(self.seed_needs().items()) for seed in range(k)
+                if not training_run(cfg_for("train", [*self.base, f"alpha={a}", f"seed={seed}"])).complete]
+        from robust_ensembles.composites import composite_run
+        comps = []
+        for option in self.composite_options():
+            cfg = cfg_for("finetune", [*self.base, f"composite={option}"])
+            try:
+                if not composite_run(cfg, cfg.composite)[0].complete:
+                    comps.append(option)
+            except ConfigError:  # its backbones are not trained yet
+                comps.append(option)
+        return jobs, comps
+
+    # ------------------------------------------------------------------ running
+    def multirun(self, module: str, overrides: list[str]) -> None:
+        cmd = [sys.executable, "-m", module, "-m", *self.base, *overrides]
+        log.info("running: %s", " ".join(cmd))
+        rc = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
+        if rc != 0:
+            raise RuntimeError(f"{module} multirun failed (exit {rc}); rerun the target: finished jobs are kept.")
+
+    def train_missing(self) -> None:
+        jobs, comps = self.missing()
+        by_alpha: dict[float, list[int]] = {}
+        for a, seed in jobs:
+            by_alpha.setdefault(a, []).append(seed)
+        by_seeds: dict[tuple, list[float]] = {}  # one multirun per distinct seed list: alphas x seeds
+        for a, seeds in by_alpha.items():
+            by_seeds.setdefault(tuple(seeds), []).append(a)
+        for seeds, alphas in by_seeds.items():
+            self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
+                                                     "seed=" + ",".join(map(str, seeds))])
+            self.trained += [f"alpha={a} seed={s}" for a in alphas for s in seeds]
+        if comps:
+            self.multirun("robust_ensembles.finetune", ["composite=" + ",".join(comps)])
+            self.trained += [f"composite={c}" for c in comps]
+
+    def estimate(self) -> str:
+        """Missing jobs, and their cost from the throughput measured by stored jobs of the same setup."""
+        jobs, comps = self.missing()
+        cfg = cfg_for("train", self.base)
+        ident = store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
+        done = [r.metrics() for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})]
+        seconds = [m["n_train"] * (m["last_epoch"] + 1) / m["train_images_per_s"] for m in done
+                   if m.get("train_images_per_s")]
+        head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
+        if not seconds:
+            return f"{head}; no job of this setup has run yet, so no measured throughput to estimate from."
+        hours = len(jobs) * statistics.median(seconds) / 3600
+        return (f"{head}; about {hours:.2f} device-hours of training at the median measured "
+                f"{statistics.median(seconds) / 60:.1f} min per job ({len(seconds)} stored jobs of this setup).")
+
+    def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
+        """One evaluation (reused from the store when it exists), with the table's AutoAttack column."""
+        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}"]
+              if autoattack else ["evaluation.autoattack.eps=null"])
+        return evaluate(cfg_for("evaluate", [*self.base, *self.spec.get("evaluation", []),
+                                             *self.s.get("evaluate_overrides", []), *aa, *overrides]))
+
+
+# ---------------------------------------------------------------------- the three tables
+def row_cells(sw: Sweep, result: dict, columns_eps: list[float]) -> dict:
+    c = curve_of(result)
+    cells = {f"eps={e:g}" if e else "natural": fmt_acc(c.at(e), standard_error(c.at(e), c.n)) for e in columns_eps}
+    if sw.spec.get("auc_eps"):
+        cells[f"AUC({sw.spec.auc_eps:g})"] = f"{c.auc(sw.spec.auc_eps):.3f}"
+    aa = result.get("autoattack")
+    if aa:
+        gap = aa["pgd_acc"] - aa["autoattack_acc"]
+        cells[f"AA eps={aa['eps']:g}"] = fmt_acc(aa["autoattack_acc"], aa["autoattack_se"]) + (" ⚠" if gap > 0.015 else "")
+        cells[f"PGD eps={aa['eps']:g} (AA points)"] = fmt_acc(aa["pgd_acc"], aa["pgd_se"])
+    return cells
+
+
+def choose_alpha(sw: Sweep) -> tuple[float, list[str]]:
+    """Smallest candidate alpha whose K-ensemble is at least as accurate at the target eps as the
+    single model trained at the target, both measured on the validation split (never the test set)."""
+    t, notes = sw.spec.target_eps, []
+    grid = [f"evaluation.eps_grid=[0,{t}]", "evaluation.split=val"]
+    single = sw.evaluate_row([f"alpha={t}", "K=1", *grid], autoattack=False)
+    ref = curve_of(single).at(t)
+    for alpha in sorted(sw.s.alpha_candidates):
+        r = sw.evaluate_row([f"alpha={alpha}", f"K={sw.s.K}", *grid], autoattack=False)
+        acc = curve_of(r).at(t)
+        notes.append(f"validation ({r['n']} held-out training images): {sw.s.K}x alpha={alpha} {100 * acc:.2f}% vs "
+                     f"single alpha={t} {100 * ref:.2f}% at eps={t}")
+        if acc >= ref:
+            return alpha, notes
+    notes.append("no candidate alpha matched the single model on validation; the largest candidate is used")
+    return max(sw.s.alpha_candidates), notes
+
+
+def table1(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
+    alpha, notes = choose_alpha(sw) if sw.s.get("alpha_candidates") else (None, [])
+    rows, curves = [], {}
+    for row in sw.s.rows:
+        a = alpha if row.get("alpha") == "chosen" else row.get("alpha")
+        over = [f"members={row.get('members', 'seeds')}"] + ([f"alpha={a}", f"K={row.K}"] if a is not None else [])
+        result = sw.evaluate_row(over)
+        label = row.label.format(alpha=a, K=row.get("K"))
+        rows.append({"model": label, **row_cells(sw, result, list(sw.spec.columns_eps)), "n": result["n"],
+                     "seeds": ",".join(str(m["seed"]) for m in result["members"])})
+        curves[label] = curve_of(result)
+    return rows, curves, notes
+
+
+def table2_size(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
+    rows, curves = [], {}
+    for k in sw.s.K_values:
+        result = sw.evaluate_row([f"alpha={sw.spec.target_eps}", f"K={k}"])
+        rows.append({"models": k, **row_cells(sw, result, list(sw.spec.columns_eps)), "n": result["n"]})
+        curves[f"K={k}"] = curve_of(result)
+    return rows, curves, []
+
+
+def table2_equivalence(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
+    grid = sorted(float(e) for e in sw.s.single_grid)
+    eval_grid = f"evaluation.eps_grid=[0,{','.join(f'{e:g}' for e in grid)}]"
+    single = []
+    for e in grid:
+        r = sw.evaluate_row([f"alpha={e}", "K=1", f"evaluation.eps_grid=[0,{e:g}]"], autoattack=False)
+        single.append(curve_of(r).at(e))
+    rows, curves = [], {}
+    for alpha in sw.s.alphas:
+        r = sw.evaluate_row([f"alpha={alpha}", f"K={sw.s.K}", eval_grid])
+        c = curve_of(r)
+        value, text = equivalent_eps(grid, [c.at(e) for e in grid], single)
+        cells = row_cells(sw, r, [0.0])
+        rows.append({"alpha": alpha, "models": sw.s.K, "single-robust-equivalent eps": text,
+                     "ratio to alpha": "-" if math.isnan(value) else f"{value / alpha:.2f}", **cells, "n": r["n"]})
+        curves[f"{sw.s.K}x alpha={alpha}"] = c
+    notes = [f"single models trained at eps in {grid}, each evaluated at its own eps: "
+             + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
+    return rows, curves, notes
+
+
+TABLES = {"table1": table1, "table2_size": table2_size, "table2_equivalence": table2_equivalence}
+
+
+def write_reports(sw: Sweep, rows: list[dict], curves: dict, notes: list[str], wall_s: float) -> dict:
+    out = Path(cfg_for("train", sw.base).paths.root_dir) / "reports" / sw.scale
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if sw.scale == "paper" and sw.s.get("paper_numbers"):
+        for r in rows:
+            r["paper"] = sw.s.paper_numbers.get(str(next(iter(r.values()))), "-")
+        columns.append("paper")
+    footer = [sw.spec.caption_note] if sw.spec.get("caption_note") else []
+    footer += [f"scale: {sw.scale} ({sw.s.get('shrunk', 'the paper setup')})", *notes,
+               "accuracies in %, ± one binomial standard error; each accuracy is under the strongest L2 PGD attack "
+               "found at that radius or below; ⚠ marks AutoAttack more than 1.5 points below PGD",
+               f"written {time.strftime('%Y-%m-%d %H:%M')} in {wall_s / 60:.1f} min"]
+    paths = write_table(rows, columns, out, sw.table, sw.spec.caption, footer)
+    png = out / f"{sw.table}.png"
+    plot_curves(curves, png, f"{sw.table} ({sw.scale})")
+    paths["png"] = png
+    log_wandb(sw, rows, columns, png)
+    return paths
+
+
+def log_wandb(sw: Sweep, rows, columns, png) -> None:
+    cfg = cfg_for("evaluate", sw.base)
+    if not cfg.get("logger") or "Wandb" not in cfg.logger._target_:
+        return
+    import wandb
+    run = wandb.init(project=cfg.logger.project, group="tables", job_type="table", name=f"{sw.table}-{sw.scale}",
+                     dir=cfg.logger.save_dir, mode=cfg.logger.mode, reinit="finish_previous")
+    run.log({sw.table: wandb.Table(columns=columns, data=[[str(r.get(c, "")) for c in columns] for r in rows]),
+             f"{sw.table}_curves": wandb.Image(str(png))})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    p = argparse.ArgumentParser(prog="python -m robust_ensembles.sweep", description=__doc__.split("\n\n")[0],
+                                epilog="Hydra overrides for every job go after --")
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--scale", default="cpu")
+    p.add_argument("--estimate", action="store_true", help="print the missing jobs and their estimated cost, run nothing")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # Hydra overrides for every job
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    sw = Sweep(a.table, a.scale, overrides)
+    if a.estimate:
+        print(f"{a.table} ({a.scale}): {sw.estimate()}")
+        return 0
+    start = time.perf_counter()
+    sw.train_missing()
+    rows, curves, notes = TABLES[a.table](sw)
+    paths = write_reports(sw, rows, curves, notes, time.perf_counter() - start)
+    print(open(paths["md"]).read())
+    print(f"trained this run: {len(sw.trained)} ({', '.join(sw.trained) or 'nothing'}); "
+          f"wall {time.perf_counter() - start:.0f} s; reports: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

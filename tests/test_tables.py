@@ -1,0 +1,87 @@
+"""Tables: the equivalence definition, the writers, the Makefile targets, and a miniature Table 1."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+
+from robust_ensembles import PROJECT_ROOT
+from robust_ensembles.sweep import Sweep, main
+from robust_ensembles.tables import equivalent_eps, write_table
+
+GRID = [0.25, 0.5, 0.75, 1.0]
+
+
+def test_equivalent_eps_interpolates_where_the_sign_changes():
+    # differences +0.1, +0.05, -0.05, -0.1: crossing halfway between 0.5 and 0.75
+    value, text = equivalent_eps(GRID, [0.6, 0.45, 0.30, 0.2], [0.5, 0.40, 0.35, 0.3])
+    assert value == pytest.approx(0.625) and text == "0.625"
+    # a quarter of the way: +0.01 then -0.03
+    value, _ = equivalent_eps([0.25, 0.5], [0.51, 0.37], [0.5, 0.4])
+    assert value == pytest.approx(0.25 + 0.25 * 0.01 / 0.04)
+
+
+def test_equivalent_eps_beyond_the_grid_and_below_it():
+    value, text = equivalent_eps(GRID, [0.6, 0.5, 0.4, 0.3], [0.5, 0.4, 0.3, 0.2])
+    assert value == 1.0 and text == "> 1"
+    value, text = equivalent_eps(GRID, [0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2])
+    assert math.isnan(value) and text == "< 0.25"
+
+
+def test_equivalent_eps_takes_the_last_crossing():
+    # + - + -: ahead again at 0.75, behind at 1.0 -> crossing between 0.75 and 1.0
+    value, _ = equivalent_eps(GRID, [0.6, 0.3, 0.35, 0.1], [0.5, 0.4, 0.3, 0.2])
+    assert 0.75 < value < 1.0
+
+
+def test_table_writers(tmp_path):
+    rows = [{"model": "a_b", "eps=0.5": "50.00 ± 1.00"}, {"model": "c", "eps=0.5": "60.00 ± 1.00"}]
+    paths = write_table(rows, ["model", "eps=0.5"], tmp_path, "t", "Caption", ["note"])
+    md = paths["md"].read_text()
+    assert "| a_b | 50.00 ± 1.00 |" in md and "- note" in md
+    assert paths["csv"].read_text().splitlines()[0] == "model,eps=0.5"
+    tex = paths["tex"].read_text()
+    assert r"a\_b & 50.00 $\pm$ 1.00 \\" in tex and r"\caption{Caption}" in tex
+
+
+@pytest.mark.parametrize("target,table", [("table1", "table1"), ("table2-size", "table2_size"),
+                                          ("table2-equivalence", "table2_equivalence")])
+def test_make_dry_run_shows_the_sweep_command(target, table):
+    out = subprocess.run(["make", "-n", target, "SCALE=paper", "ESTIMATE=1", "ARGS=hydra/launcher=gpus"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert f"-m robust_ensembles.sweep {table} --scale paper --estimate -- hydra/launcher=gpus" in out.stdout
+    tables = subprocess.run(["make", "-n", "tables"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert "table1 --scale cpu" in tables and "table2_equivalence --scale cpu" in tables
+
+
+def test_sweeps_declare_what_they_need(tmp_path):
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    t1 = Sweep("table1", "cpu", over)
+    assert t1.seed_needs() == {0.0: 1, 0.05: 1, 0.25: 4, 0.3: 1, 0.4: 1, 0.5: 1}
+    assert t1.composite_options() == ["paper", "paper_b"]
+    assert Sweep("table2_size", "paper", over).seed_needs() == {0.5: 16}
+    eq = Sweep("table2_equivalence", "cpu", over).seed_needs()
+    assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
+    jobs, comps = t1.missing()
+    assert len(jobs) == 9 and comps == ["paper", "paper_b"]
+
+
+def test_miniature_table1_end_to_end_and_a_rerun_trains_nothing(tmp_path, capsys):
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    assert main(["table1", "--scale", "tiny", "--", *over]) == 0
+    first = capsys.readouterr().out
+    md = (tmp_path / "reports" / "tiny" / "table1.md").read_text()
+    for label in ["Natural model", "Robust model eps=0.25", "Robust model eps=0.5", "2-Robust eps=0.25",
+                  "1-composite (0.4, 0.05)", "2X 1-composite weighted average"]:
+        assert label in md
+    assert "AA eps=0.5" in md and "AUC(0.5)" in md and "validation" in md
+    for ext in ("csv", "tex", "png"):
+        assert (tmp_path / "reports" / "tiny" / f"table1.{ext}").is_file()
+    assert "trained this run: 9" in first
+    assert main(["table1", "--scale", "tiny", "--", *over]) == 0
+    second = capsys.readouterr().out
+    assert "trained this run: 0 (nothing)" in second
+    assert md.split("- written")[0] == (tmp_path / "reports" / "tiny" / "table1.md").read_text().split("- written")[0]
