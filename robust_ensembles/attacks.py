@@ -16,6 +16,8 @@ is attacked as a whole.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,6 +207,8 @@ class AutoAttack:
         self.attacks = list(attacks) if attacks else None
         self.seed, self.batch_size = seed, batch_size
         self.eps = check_eps(eps, key)
+        # pyautoattack reports each attack's robust accuracy and time at DEBUG level: show it (runs are long)
+        logging.getLogger("auto-attack").setLevel(logging.DEBUG)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         from pyautoattack import AutoAttack as _AutoAttack
