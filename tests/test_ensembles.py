@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_ensembles import store
 from robust_ensembles.ensembles import Ensemble, from_store
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.models import small_cnn

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from robust_ensembles.attacks import PGD
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.evaluate import evaluate
 from robust_ensembles.evaluation import Curve, auc, curve_from_min_flip, load_result, save_result
