@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from robust_ensembles.attacks import PGD
+from robust_ensembles.checks import attacked_accuracy
 from robust_ensembles.data import random_crop, random_flip
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
@@ -155,14 +156,9 @@ def bench_torchattacks(cfg, model, x, y, attack, rep, run, device):
     med = ratio_stats(t["torchattacks"], t["ours"])
     # accuracy of the same model under both attacks, on the same points
     xs, ys = accuracy_data(cfg, model, device)
-    acc = {}
-    for name, fn in (("ours", lambda a, b_: attack(model, a, b_)), ("torchattacks", lambda a, b_: theirs(a, b_))):
-        correct = 0
-        for i in range(0, len(ys), b.batch_size):
-            xa = fn(xs[i:i + b.batch_size], ys[i:i + b.batch_size])
-            with torch.no_grad():
-                correct += (model(xa).argmax(1) == ys[i:i + b.batch_size]).sum().item()
-        acc[name] = correct / len(ys)
+    theirs_as_ours = lambda m, a, y_, eps: theirs(a, y_)  # torchattacks binds model and eps at construction
+    acc = {name: attacked_accuracy(model, fn, xs, ys, eps, b.batch_size)
+           for name, fn in (("ours", attack), ("torchattacks", theirs_as_ours))}
     se = max(standard_error(acc["ours"], len(ys)), standard_error(acc["torchattacks"], len(ys)))
     same = abs(acc["ours"] - acc["torchattacks"]) <= se
     rep.add(f"3. torchattacks.PGDL2-{attack.steps} / ours", med, ">= 1.0", med[0] >= 1.0)

@@ -16,6 +16,7 @@ from torch import nn
 
 from robust_ensembles import store
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.train import training_run
 from robust_ensembles.training import AdversarialTraining
 
 HEAD_INITS = ("random", "robust")
@@ -83,7 +84,7 @@ def backbone_run(cfg: DictConfig, spec: DictConfig, role: str) -> store.Run:
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.alpha, c.seed = spec.alpha, spec.seed
-    run = store.open_run(c.store.root, store.identity_of(c, c.store.identity.include, c.store.identity.exclude))
+    run = training_run(c)
     if not run.complete:
         raise ConfigError(
             f"composite.{role}: no trained backbone at alpha={spec.alpha} seed={spec.seed} in {c.store.root} "

@@ -24,13 +24,13 @@ from robust_ensembles import checks, ensembles, store, tracking
 from robust_ensembles.composites import composite_run
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.evaluation import Curve, EnsembleEvaluation, load_result, plot_curves, save_result
-from robust_ensembles.train import check
+from robust_ensembles.train import check, training_identity
 
 log = logging.getLogger(__name__)
 
 
 def members_query(cfg: DictConfig) -> dict:
-    identity = store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
+    identity = training_identity(cfg)
     identity.pop("seed", None)
     return identity
 

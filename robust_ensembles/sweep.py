@@ -27,7 +27,7 @@ from robust_ensembles.errors import ConfigError
 from robust_ensembles.evaluate import evaluate
 from robust_ensembles.evaluation import plot_curves, standard_error
 from robust_ensembles.tables import curve_of, equivalent_eps, fmt_acc, write_table
-from robust_ensembles.train import training_run
+from robust_ensembles.train import training_identity, training_run
 
 log = logging.getLogger("robust_ensembles.sweep")
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
@@ -119,7 +119,7 @@ class Sweep:
         """Missing jobs, and their cost from the throughput measured by stored jobs of the same setup."""
         jobs, comps = self.missing()
         cfg = cfg_for("train", self.base)
-        ident = store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
+        ident = training_identity(cfg)
         done = [r.metrics() for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})]
         seconds = [m["n_train"] * (m["last_epoch"] + 1) / m["train_images_per_s"] for m in done
                    if m.get("train_images_per_s")]

@@ -25,9 +25,14 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer >= 0.")
 
 
+def training_identity(cfg: DictConfig) -> dict:
+    """The config keys (`store.identity`) that determine the weights of the model `cfg` trains."""
+    return store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
+
+
 def training_run(cfg: DictConfig) -> store.Run:
     """The store entry of the model that `cfg` trains."""
-    return store.open_run(cfg.store.root, store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude))
+    return store.open_run(cfg.store.root, training_identity(cfg))
 
 
 def train(cfg: DictConfig) -> dict:
