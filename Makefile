@@ -3,6 +3,7 @@ PYTHON ?= python
 ARGS ?=
 SCALE ?= cpu
 ESTIMATE ?=
+AUTOATTACK ?= run
 
 .PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu clean-outputs
 
@@ -27,10 +28,11 @@ train-cpu:  ## CPU scale: 2 natural + 2 alpha=0.25 models on the JPEG archive (A
 train-paper:  ## paper scale (GPU): ResNet18 at alpha 0.22 and 0.5, 8 seeds each (ARGS=... adds overrides)
 	$(PYTHON) -m robust_ensembles.train -m experiment=paper alpha=0.22,0.5 'seed=range(8)' $(ARGS)
 
-tables: table1 table2-size table2-equivalence  ## all three paper tables (SCALE=cpu|paper, ARGS=hydra overrides)
+tables:  ## all three paper tables: trains their union first, then fills each (SCALE=cpu|paper, ARGS=hydra overrides)
+	$(PYTHON) -m robust_ensembles.sweep all --scale $(SCALE) --autoattack $(AUTOATTACK) $(if $(ESTIMATE),--estimate) -- $(ARGS)
 
-table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only)
-	$(PYTHON) -m robust_ensembles.sweep $(subst -,_,$@) --scale $(SCALE) $(if $(ESTIMATE),--estimate) -- $(ARGS)
+table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only; AUTOATTACK=run|stored|off)
+	$(PYTHON) -m robust_ensembles.sweep $(subst -,_,$@) --scale $(SCALE) --autoattack $(AUTOATTACK) $(if $(ESTIMATE),--estimate) -- $(ARGS)
 
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)

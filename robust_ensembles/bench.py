@@ -254,8 +254,10 @@ def bench_gpu_epoch(cfg: DictConfig, device: torch.device) -> Report:
 
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    b = cfg.bench.gpu_epoch if cfg.bench.mode == "gpu_epoch" else cfg.bench
+    rounds = f"{b.repeats} epochs each" if cfg.bench.mode == "gpu_epoch" else f"{b.repeats} x {b.inner}"
     return (f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-            f"mode {cfg.bench.mode}; batch {cfg.bench.batch_size}; repeats {cfg.bench.repeats} x {cfg.bench.inner}")
+            f"mode {cfg.bench.mode}; batch {b.batch_size}; repeats {rounds}")
 
 
 def bench(cfg: DictConfig) -> Report:

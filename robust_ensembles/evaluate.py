@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import hydra
+import torch
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -67,16 +68,29 @@ def build_members(cfg: DictConfig) -> tuple[ensembles.Ensemble, list[store.Run],
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    """The PGD curve of the configured model (reused from the store when it exists), with its
+    AutoAttack column when `evaluation.autoattack.eps` is set (a separate store record)."""
     check(cfg)
     attack = instantiate(cfg.evaluation.attack)
-    root = cfg.store.root
     model, runs, label = build_members(cfg)
+    result = pgd_curve(cfg, model, runs, label, attack)
+    if cfg.evaluation.autoattack.eps is not None:
+        result["autoattack"] = autoattack_column(cfg, model, runs, label, attack)
+    return result
+
+
+def test_points(cfg: DictConfig) -> dict:
+    return {"split": cfg.evaluation.split, **{k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
+
+
+def pgd_curve(cfg: DictConfig, model: ensembles.Ensemble, runs: list[store.Run], label: str, attack) -> dict:
     spec = {"members": [r.key for r in runs], "weights": model.weights.tolist(),
             "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
-            "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": cfg.check,
-            "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None, "seed": cfg.seed,
-            "test": {k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
-    path = Path(root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
+            "evaluation": {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items()
+                           if k not in ("autoattack", "force")},
+            "check": cfg.check, "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None,
+            "seed": cfg.seed, "test": test_points(cfg)}
+    path = Path(cfg.store.root).expanduser() / "evaluations" / f"{store.key_of(spec)}.json"
     if path.is_file() and not cfg.evaluation.force:
         log.info("[store] skip evaluation %s: %s", label, path)
         return load_result(path)
@@ -100,17 +114,9 @@ def evaluate(cfg: DictConfig) -> dict:
             "wall_s": time.perf_counter() - start, "config": OmegaConf.to_container(cfg, resolve=True),
             "git_commit": store.git_commit(), "device": str(module.device),
         }
-        aa_cfg = cfg.evaluation.autoattack
-        if cfg.check or aa_cfg.eps is not None:
-            n = max(cfg.checks.n if cfg.check else 0, aa_cfg.n if aa_cfg.eps is not None else 0)
-            x, y = datamodule.splits[cfg.evaluation.split][list(range(min(n, curve.n)))]  # the first n points
-            x, y = x.to(module.device).float() / 255, y.to(module.device)
-            model = model.to(module.device)
-        if aa_cfg.eps is not None:  # the AutoAttack column of a table
-            result["autoattack"] = checks.autoattack_vs_pgd(model, attack, instantiate(cfg.checks.autoattack),
-                                                            x[:aa_cfg.n], y[:aa_cfg.n], aa_cfg.eps,
-                                                            cfg.evaluation.batch_size)
         if cfg.check:
+            x, y = first_points(datamodule, cfg.evaluation.split, min(cfg.checks.n, curve.n), module.device)
+            model = model.to(module.device)
             found = checks.run_checks(model, curve, attack, instantiate(cfg.checks.autoattack),
                                       instantiate(cfg.checks.square), x, y, cfg.checks.eps, cfg.checks.large_eps,
                                       cfg.checks.large_eps_max_acc, cfg.checks.max_gap, cfg.evaluation.batch_size)
@@ -130,6 +136,55 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("[store] evaluated %s -> %s", label, path)
     print(format_curve(result), flush=True)
     return result
+
+
+def first_points(datamodule, split: str, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n points of a split (the same points the PGD curve starts with), as floats in [0, 1]."""
+    datamodule.setup("test")
+    x, y = datamodule.splits[split][list(range(min(n, len(datamodule.splits[split]))))]
+    return x.to(device).float() / 255, y.to(device)
+
+
+def autoattack_column(cfg: DictConfig, model: ensembles.Ensemble, runs: list[store.Run], label: str,
+                      attack) -> dict | None:
+    """Standard AutoAttack and the evaluation PGD on the same first n points at one eps: one store
+    record per (model, points, eps, attacks), so tables that share a row attack it once. With
+    `evaluation.autoattack.compute=false` only a stored record is used (None when there is none):
+    the column can be computed elsewhere, e.g. on a GPU node sharing the store."""
+    aa_cfg = cfg.evaluation.autoattack
+    autoattack = instantiate(cfg.checks.autoattack)
+    spec = {"members": [r.key for r in runs], "weights": model.weights.tolist(), "combine": cfg.ensemble.combine,
+            "eps": float(aa_cfg.eps), "n": int(aa_cfg.n), "test": test_points(cfg),
+            "autoattack": {"norm": autoattack.norm, "version": autoattack.version, "attacks": autoattack.attacks,
+                           "seed": autoattack.seed},
+            "pgd": {k: v for k, v in OmegaConf.to_container(cfg.evaluation.attack, resolve=True).items() if k != "key"}}
+    path = Path(cfg.store.root).expanduser() / "autoattack" / f"{store.key_of(spec)}.json"
+    if path.is_file() and not cfg.evaluation.force:
+        log.info("[store] skip AutoAttack %s at eps=%g: %s", label, aa_cfg.eps, path)
+        return load_result(path)
+    if not aa_cfg.compute:
+        log.info("[store] AutoAttack %s at eps=%g not in the store (%s); evaluation.autoattack.compute=false, "
+                 "so it stays pending", label, aa_cfg.eps, path)
+        return None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split,
+                             device_resident=False)
+    x, y = first_points(datamodule, cfg.evaluation.split, aa_cfg.n, device)
+    if len(y) < aa_cfg.n:
+        raise ConfigError(f"evaluation.autoattack.n={aa_cfg.n} but the {cfg.evaluation.split} split has only "
+                          f"{len(y)} points; lower evaluation.autoattack.n or raise data.test_subset.")
+    log.info("AutoAttack (%s) on %s: %d points at eps=%g on %s", autoattack.version, label, len(y), aa_cfg.eps, device)
+    start = time.perf_counter()
+    record = checks.autoattack_vs_pgd(model.to(device), attack, autoattack, x, y, float(aa_cfg.eps),
+                                      cfg.evaluation.batch_size)
+    record.update(label=label, spec=spec, wall_s=time.perf_counter() - start, git_commit=store.git_commit(),
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, threads=torch.get_num_threads())
+    save_result(record, path)
+    log.info("[store] AutoAttack %s: %.2f%% (PGD on the same points %.2f%%) in %.0f s -> %s", label,
+             100 * record["autoattack_acc"], 100 * record["pgd_acc"], record["wall_s"], path)
+    return record
 
 
 def format_curve(result: dict) -> str:

@@ -1,7 +1,8 @@
 """Fill one paper table: train what the store lacks (a Hydra multirun, so any launcher applies),
 fine-tune composites, evaluate every row (reusing stored results), write the reports.
 
-    python -m robust_ensembles.sweep table1 --scale cpu [--estimate] [-- hydra overrides...]
+    python -m robust_ensembles.sweep table1 --scale cpu [--estimate] [--autoattack run|stored|off] [-- overrides...]
+    python -m robust_ensembles.sweep all --scale cpu      # the three tables: trains their union first
 
 Each table is declared in `sweeps/<table>.yaml`: per scale, the experiment preset and the rows
 (which alphas, seeds, composites). Overrides after `--` reach every train, finetune and evaluate
@@ -31,6 +32,7 @@ from robust_ensembles.train import training_identity, training_run
 
 log = logging.getLogger("robust_ensembles.sweep")
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
+AUTOATTACK_MODES = ("run", "stored", "off")  # compute missing AutoAttack records | use stored ones only | no column
 
 
 def cfg_for(config_name: str, overrides: list[str]) -> DictConfig:
@@ -39,16 +41,20 @@ def cfg_for(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 class Sweep:
-    def __init__(self, table: str, scale: str, overrides: list[str]):
+    def __init__(self, table: str, scale: str, overrides: list[str], autoattack: str = "run"):
         path = SWEEPS_DIR / f"{table}.yaml"
         if not path.is_file():
             raise ConfigError(f"no sweep {path}; tables: {sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml'))}")
         self.spec = OmegaConf.load(path)
         if scale not in self.spec.scales:
             raise ConfigError(f"--scale {scale} is not declared in {path}; use one of {list(self.spec.scales)}.")
-        self.table, self.scale, self.s = table, scale, self.spec.scales[scale]
+        if autoattack not in AUTOATTACK_MODES:
+            raise ConfigError(f"--autoattack {autoattack} is unknown; use one of {AUTOATTACK_MODES}.")
+        self.table, self.scale, self.s, self.autoattack = table, scale, self.spec.scales[scale], autoattack
         self.base = [f"experiment={self.s.experiment}", *self.s.get("overrides", []), *overrides]
         self.trained: list[str] = []
+        self.autoattack_records: list[dict] = []  # the AutoAttack records shown in the table
+        self.max_gap = float(cfg_for("evaluate", self.base).checks.max_gap)  # PGD - AutoAttack above this is flagged
 
     # ------------------------------------------------------------------ what the table needs
     def seed_needs(self) -> dict[float, int]:
@@ -100,7 +106,11 @@ class Sweep:
             raise RuntimeError(f"{module} multirun failed (exit {rc}); rerun the target: finished jobs are kept.")
 
     def train_missing(self) -> None:
-        jobs, comps = self.missing()
+        self.trained += self.train(*self.missing())
+
+    def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
+        """Train these (alpha, seed) jobs and composites; returns what was trained."""
+        trained = []
         by_alpha: dict[float, list[int]] = {}
         for a, seed in jobs:
             by_alpha.setdefault(a, []).append(seed)
@@ -110,10 +120,11 @@ class Sweep:
         for seeds, alphas in by_seeds.items():
             self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
                                                      "seed=" + ",".join(map(str, seeds))])
-            self.trained += [f"alpha={a} seed={s}" for a in alphas for s in seeds]
+            trained += [f"alpha={a} seed={s}" for a in alphas for s in seeds]
         if comps:
             self.multirun("robust_ensembles.finetune", ["composite=" + ",".join(comps)])
-            self.trained += [f"composite={c}" for c in comps]
+            trained += [f"composite={c}" for c in comps]
+        return trained
 
     def estimate(self) -> str:
         """Missing jobs, and their cost from the throughput measured by stored jobs of the same setup."""
@@ -132,8 +143,9 @@ class Sweep:
 
     def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
         """One evaluation (reused from the store when it exists), with the table's AutoAttack column."""
-        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}"]
-              if autoattack else ["evaluation.autoattack.eps=null"])
+        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
+               f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
+              if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
         return evaluate(cfg_for("evaluate", [*self.base, *self.spec.get("evaluation", []),
                                              *self.s.get("evaluate_overrides", []), *aa, *overrides]))
 
@@ -144,11 +156,15 @@ def row_cells(sw: Sweep, result: dict, columns_eps: list[float]) -> dict:
     cells = {f"eps={e:g}" if e else "natural": fmt_acc(c.at(e), standard_error(c.at(e), c.n)) for e in columns_eps}
     if sw.spec.get("auc_eps"):
         cells[f"AUC({sw.spec.auc_eps:g})"] = f"{c.auc(sw.spec.auc_eps):.3f}"
-    aa = result.get("autoattack")
-    if aa:
-        gap = aa["pgd_acc"] - aa["autoattack_acc"]
-        cells[f"AA eps={aa['eps']:g}"] = fmt_acc(aa["autoattack_acc"], aa["autoattack_se"]) + (" ⚠" if gap > 0.015 else "")
-        cells[f"PGD eps={aa['eps']:g} (AA points)"] = fmt_acc(aa["pgd_acc"], aa["pgd_se"])
+    if "autoattack" in result:
+        aa, eps = result["autoattack"], f"{sw.spec.target_eps:g}"
+        if aa is None:  # --autoattack stored, and no stored record yet
+            cells[f"AA eps={eps}"] = cells[f"PGD eps={eps} (AA points)"] = "pending"
+        else:
+            gap = aa["pgd_acc"] - aa["autoattack_acc"]
+            cells[f"AA eps={eps}"] = fmt_acc(aa["autoattack_acc"], aa["autoattack_se"]) + (" ⚠" if gap > sw.max_gap else "")
+            cells[f"PGD eps={eps} (AA points)"] = fmt_acc(aa["pgd_acc"], aa["pgd_se"])
+            sw.autoattack_records.append(aa)
     return cells
 
 
@@ -195,22 +211,31 @@ def table2_size(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
 
 def table2_equivalence(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
     grid = sorted(float(e) for e in sw.s.single_grid)
-    eval_grid = f"evaluation.eps_grid=[0,{','.join(f'{e:g}' for e in grid)}]"
-    single = []
-    for e in grid:
-        r = sw.evaluate_row([f"alpha={e}", "K=1", f"evaluation.eps_grid=[0,{e:g}]"], autoattack=False)
+    t = float(sw.spec.target_eps)
+    row_grid = sorted({0.0, *grid, t})  # the grid, and the AUC at the target eps
+    eval_grid = f"evaluation.eps_grid=[{','.join(f'{e:g}' for e in row_grid)}]"
+    single, reference = [], None
+    for e in grid:  # each single model at its own training eps only; AutoAttack for the one at the target
+        r = sw.evaluate_row([f"alpha={e}", "K=1", f"evaluation.eps_grid=[0,{e:g}]", f"evaluation.auc_eps={e:g}"],
+                            autoattack=(e == t))
         single.append(curve_of(r).at(e))
+        reference = r.get("autoattack") if e == t else reference
     rows, curves = [], {}
     for alpha in sw.s.alphas:
         r = sw.evaluate_row([f"alpha={alpha}", f"K={sw.s.K}", eval_grid])
         c = curve_of(r)
         value, text = equivalent_eps(grid, [c.at(e) for e in grid], single)
-        cells = row_cells(sw, r, [0.0])
+        cells = row_cells(sw, r, [0.0, *grid])
         rows.append({"alpha": alpha, "models": sw.s.K, "single-robust-equivalent eps": text,
                      "ratio to alpha": "-" if math.isnan(value) else f"{value / alpha:.2f}", **cells, "n": r["n"]})
         curves[f"{sw.s.K}x alpha={alpha}"] = c
-    notes = [f"single models trained at eps in {grid}, each evaluated at its own eps: "
+    notes = [f"single models trained at eps in {grid}, each evaluated at its own eps (n = {r['n']}): "
              + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
+    if reference:
+        sw.autoattack_records.append(reference)
+        notes.append(f"under AutoAttack at eps={t:g} on the same {reference['n']} points, the single model trained at "
+                     f"{t:g} has {100 * reference['autoattack_acc']:.2f}% (PGD {100 * reference['pgd_acc']:.2f}%): a row "
+                     f"whose AA column is at least this is single-robust-equivalent at {t:g} or beyond under AutoAttack")
     return rows, curves, notes
 
 
@@ -225,9 +250,10 @@ def write_reports(sw: Sweep, rows: list[dict], curves: dict, notes: list[str], w
             r["paper"] = sw.s.paper_numbers.get(str(next(iter(r.values()))), "-")
         columns.append("paper")
     footer = [sw.spec.caption_note] if sw.spec.get("caption_note") else []
-    footer += [f"scale: {sw.scale} ({sw.s.get('shrunk', 'the paper setup')})", *notes,
+    footer += [f"scale: {sw.scale} ({sw.s.get('shrunk', 'the paper setup')})", *notes, *autoattack_notes(sw),
                "accuracies in %, ± one binomial standard error; each accuracy is under the strongest L2 PGD attack "
-               "found at that radius or below; ⚠ marks AutoAttack more than 1.5 points below PGD",
+               f"found at that radius or below; ⚠ marks AutoAttack more than {100 * sw.max_gap:g} points below PGD "
+               "on the same points",
                f"written {time.strftime('%Y-%m-%d %H:%M')} in {wall_s / 60:.1f} min"]
     paths = write_table(rows, columns, out, sw.table, sw.spec.caption, footer)
     png = out / f"{sw.table}.png"
@@ -235,6 +261,19 @@ def write_reports(sw: Sweep, rows: list[dict], curves: dict, notes: list[str], w
     paths["png"] = png
     log_wandb(sw, rows, columns, png)
     return paths
+
+
+def autoattack_notes(sw: Sweep) -> list[str]:
+    recs = sw.autoattack_records
+    if sw.autoattack == "off":
+        return ["AutoAttack column: not computed (--autoattack off)"]
+    if not recs:
+        return ["AutoAttack column: pending (no stored record; run the target with AUTOATTACK=run)"]
+    devices = sorted({r.get("device", "?") for r in recs})
+    minutes = sum(r.get("wall_s", 0) for r in recs) / 60
+    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and {recs[0]['attack']} on the same first "
+            f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; records computed on {', '.join(devices)} "
+            f"({minutes:.1f} min for this table's rows)"]
 
 
 def log_wandb(sw: Sweep, rows, columns, png) -> None:
@@ -249,27 +288,58 @@ def log_wandb(sw: Sweep, rows, columns, png) -> None:
     run.finish()
 
 
+def train_union(sweeps: list[Sweep]) -> list[str]:
+    """Train what any of the tables lacks, each model once (one Hydra multirun per seed list)."""
+    jobs, comps = set(), set()
+    for sw in sweeps:
+        j, c = sw.missing()
+        jobs.update(j)
+        comps.update(c)
+    return sweeps[0].train(sorted(jobs), sorted(comps))
+
+
+def run_table(sw: Sweep) -> dict:
+    start = time.perf_counter()
+    sw.train_missing()
+    rows, curves, notes = TABLES[sw.table](sw)
+    paths = write_reports(sw, rows, curves, notes, time.perf_counter() - start)
+    print(open(paths["md"]).read())
+    print(f"{sw.table}: trained this run: {len(sw.trained)} ({', '.join(sw.trained) or 'nothing'}); "
+          f"wall {time.perf_counter() - start:.0f} s; reports: {', '.join(str(p) for p in paths.values())}", flush=True)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     p = argparse.ArgumentParser(prog="python -m robust_ensembles.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Hydra overrides for every job go after --")
-    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("table", choices=[*sorted(TABLES), "all"], help="a table, or all three (their models trained first)")
     p.add_argument("--scale", default="cpu")
     p.add_argument("--estimate", action="store_true", help="print the missing jobs and their estimated cost, run nothing")
+    p.add_argument("--autoattack", default="run", choices=AUTOATTACK_MODES,
+                   help="run: compute missing AutoAttack records; stored: only use records in the store (e.g. computed "
+                        "on a GPU node), others pending; off: no AutoAttack column")
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # Hydra overrides for every job
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    sw = Sweep(a.table, a.scale, overrides)
+    names = sorted(TABLES) if a.table == "all" else [a.table]
+    sweeps = [Sweep(name, a.scale, overrides, a.autoattack) for name in names]
     if a.estimate:
-        print(f"{a.table} ({a.scale}): {sw.estimate()}")
+        for sw in sweeps:
+            print(f"{sw.table} ({a.scale}): {sw.estimate()}")
+        if len(sweeps) > 1:  # tables share models: the union is what `all` trains
+            missing = [sw.missing() for sw in sweeps]
+            print(f"all ({a.scale}): {len(set().union(*(set(j) for j, _ in missing)))} distinct training jobs and "
+                  f"{len(set().union(*(set(c) for _, c in missing)))} composites missing")
         return 0
     start = time.perf_counter()
-    sw.train_missing()
-    rows, curves, notes = TABLES[a.table](sw)
-    paths = write_reports(sw, rows, curves, notes, time.perf_counter() - start)
-    print(open(paths["md"]).read())
-    print(f"trained this run: {len(sw.trained)} ({', '.join(sw.trained) or 'nothing'}); "
-          f"wall {time.perf_counter() - start:.0f} s; reports: {', '.join(str(p) for p in paths.values())}")
+    if len(sweeps) > 1:
+        trained = train_union(sweeps)
+        print(f"all tables: trained this run: {len(trained)} ({', '.join(trained) or 'nothing'}); "
+              f"wall {time.perf_counter() - start:.0f} s", flush=True)
+    for sw in sweeps:
+        run_table(sw)
+    print(f"done: {', '.join(names)} in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
 

@@ -52,9 +52,11 @@ def test_make_dry_run_shows_the_sweep_command(target, table):
     out = subprocess.run(["make", "-n", target, "SCALE=paper", "ESTIMATE=1", "ARGS=hydra/launcher=gpus"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    assert f"-m robust_ensembles.sweep {table} --scale paper --estimate -- hydra/launcher=gpus" in out.stdout
-    tables = subprocess.run(["make", "-n", "tables"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
-    assert "table1 --scale cpu" in tables and "table2_equivalence --scale cpu" in tables
+    assert (f"-m robust_ensembles.sweep {table} --scale paper --autoattack run --estimate -- hydra/launcher=gpus"
+            in out.stdout)
+    tables = subprocess.run(["make", "-n", "tables", "AUTOATTACK=stored"], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True).stdout
+    assert "-m robust_ensembles.sweep all --scale cpu --autoattack stored" in tables
 
 
 def test_sweeps_declare_what_they_need(tmp_path):
@@ -69,19 +71,41 @@ def test_sweeps_declare_what_they_need(tmp_path):
     assert len(jobs) == 9 and comps == ["paper", "paper_b"]
 
 
-def test_miniature_table1_end_to_end_and_a_rerun_trains_nothing(tmp_path, capsys):
+def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(tmp_path, capsys):
+    """`all` trains the three tables' union once; the AutoAttack column can come later from the store,
+    each distinct model attacked once however many tables show it; a rerun trains and attacks nothing."""
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
-    assert main(["table1", "--scale", "tiny", "--", *over]) == 0
-    first = capsys.readouterr().out
-    md = (tmp_path / "reports" / "tiny" / "table1.md").read_text()
+    reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "autoattack"
+    tables = ["table1", "table2_size", "table2_equivalence"]
+
+    assert main(["all", "--scale", "tiny", "--autoattack", "stored", "--", *over]) == 0
+    out = capsys.readouterr().out
+    assert "all tables: trained this run: 10 (" in out  # 8 models + 2 composites, each once
+    for t in tables:
+        assert f"{t}: trained this run: 0 (nothing)" in out
+        md = (reports / f"{t}.md").read_text()
+        assert "pending" in md and "AutoAttack column: pending" in md
+    assert not records.exists()
+
+    assert main(["all", "--scale", "tiny", "--", *over]) == 0
+    out = capsys.readouterr().out
+    assert "all tables: trained this run: 0 (nothing)" in out
+    # 10 table rows, 3 of them the same model at the same eps on the same points: 7 AutoAttack records
+    assert len(list(records.glob("*.json"))) == 7
+    md = {t: (reports / f"{t}.md").read_text() for t in tables}
+    for t in tables:
+        assert "pending" not in md[t] and "AA eps=0.5" in md[t] and "records computed on cpu" in md[t]
+        for ext in ("csv", "tex", "png"):
+            assert (reports / f"{t}.{ext}").is_file()
     for label in ["Natural model", "Robust model eps=0.25", "Robust model eps=0.5", "2-Robust eps=0.25",
-                  "1-composite (0.4, 0.05)", "2X 1-composite weighted average"]:
-        assert label in md
-    assert "AA eps=0.5" in md and "AUC(0.5)" in md and "validation" in md
-    for ext in ("csv", "tex", "png"):
-        assert (tmp_path / "reports" / "tiny" / f"table1.{ext}").is_file()
-    assert "trained this run: 9" in first
-    assert main(["table1", "--scale", "tiny", "--", *over]) == 0
-    second = capsys.readouterr().out
-    assert "trained this run: 0 (nothing)" in second
-    assert md.split("- written")[0] == (tmp_path / "reports" / "tiny" / "table1.md").read_text().split("- written")[0]
+                  "1-composite (0.4, 0.05)", "2X 1-composite weighted average", "AUC(0.5)", "validation"]:
+        assert label in md["table1"]
+    assert "single-robust-equivalent eps" in md["table2_equivalence"]
+    assert "under AutoAttack at eps=0.5 on the same 8 points, the single model trained at 0.5" in md["table2_equivalence"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
+    assert main(["all", "--scale", "tiny", "--autoattack", "stored", "--", *over]) == 0
+    assert "all tables: trained this run: 0 (nothing)" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in records.glob("*.json")}  # nothing recomputed
+    for t in tables:
+        assert md[t].split("- written")[0] == (reports / f"{t}.md").read_text().split("- written")[0]
