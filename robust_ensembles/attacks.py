@@ -16,6 +16,7 @@ is attacked as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -24,6 +25,20 @@ from torch import nn
 
 from robust_ensembles.errors import ConfigError
 
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode for the attack, then every submodule back in its own previous mode. (Restoring
+    only the top module's flag with `model.train(flag)` would flip eval-mode members of a wrapper
+    that is itself in train mode, e.g. a freshly built Ensemble of loaded models, into train mode.)"""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 class L2Step:
     """L2 threat model: steps along the normalised gradient, projection onto the L2 ball."""
@@ -145,13 +160,8 @@ class PGD:
         eps = self.eps if eps is None else self.check_eps(eps)
         if eps == 0:
             return x.detach()
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                return self._run(model, x.detach(), y, eps)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.enable_grad():
+            return self._run(model, x.detach(), y, eps)
 
     def _loss(self, model, x, delta, y):
         return F.cross_entropy(model(x + delta), y, reduction="none")
@@ -216,12 +226,8 @@ class AutoAttack:
         eps = self.eps if eps is None else check_eps(eps, self.key)
         if eps == 0:
             return x.detach()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             adversary = _AutoAttack(model, eps=eps, norm=self.NORMS[self.norm], version=self.version,
                                     attacks=self.attacks, seed=self.seed, device=x.device)
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
-        finally:
-            model.train(was_training)
         return x_adv.detach()

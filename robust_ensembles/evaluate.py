@@ -176,7 +176,7 @@ def autoattack_column(cfg: DictConfig, model: ensembles.Ensemble, runs: list[sto
                           f"{len(y)} points; lower evaluation.autoattack.n or raise data.test_subset.")
     log.info("AutoAttack (%s) on %s: %d points at eps=%g on %s", autoattack.version, label, len(y), aa_cfg.eps, device)
     start = time.perf_counter()
-    record = checks.autoattack_vs_pgd(model.to(device), attack, autoattack, x, y, float(aa_cfg.eps),
+    record = checks.autoattack_vs_pgd(model.to(device).eval(), attack, autoattack, x, y, float(aa_cfg.eps),
                                       cfg.evaluation.batch_size)
     record.update(label=label, spec=spec, wall_s=time.perf_counter() - start, git_commit=store.git_commit(),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
