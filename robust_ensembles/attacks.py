@@ -150,10 +150,14 @@ class PGD:
     def step_size_for(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.rel_step_size * eps / self.steps
 
-    def __repr__(self) -> str:
-        return (f"PGD(norm={self.norm}, eps={self.eps}, steps={self.steps}, "
+    def settings(self) -> str:
+        """Everything but the radius (an evaluation attack gets its radius per call)."""
+        return (f"norm={self.norm}, steps={self.steps}, "
                 f"step={'%.3g*eps/steps' % self.rel_step_size if self.step_size is None else self.step_size}, "
-                f"random_start={self.random_start}, keep_best={self.keep_best})")
+                f"random_start={self.random_start}, keep_best={self.keep_best}")
+
+    def __repr__(self) -> str:
+        return f"PGD(eps={self.eps}, {self.settings()})"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         """Adversarial examples for `model` at radius `eps` (default: the configured eps)."""

@@ -125,7 +125,7 @@ def pgd_curve(cfg: DictConfig, model: ensembles.Ensemble, runs: list[store.Run],
         result["wall_s"] = time.perf_counter() - start
         save_result(result, path)
         png = path.with_suffix(".png")
-        plot_curves({label: curve}, png, f"{label} ({cfg.name}, n={curve.n}, {attack})")
+        plot_curves({label: curve}, png, f"{label} ({cfg.name}, n={curve.n}, PGD({attack.settings()}))")
         summary = {f"eval/acc@{e:g}": a for e, a in zip(curve.eps, curve.cumulative)}
         summary[f"eval/auc@{cfg.evaluation.auc_eps:g}"] = result["auc"][f"{cfg.evaluation.auc_eps:g}"]
         tracking.log_evaluation(logger, label, curve, summary, png)

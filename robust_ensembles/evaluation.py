@@ -148,8 +148,10 @@ def load_result(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def plot_curves(rows: dict[str, Curve], path: Path, title: str) -> None:
-    """Accuracy vs epsilon, one line per model, error bars = binomial standard errors."""
+def plot_curves(rows: dict[str, Curve], path: Path, title: str,
+                points: dict[str, list[tuple[float, float, float]]] | None = None) -> None:
+    """Accuracy vs epsilon, one line per model, error bars = binomial standard errors; `points`
+    adds reference markers (label -> [(eps, accuracy, standard error)]) without a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,6 +159,9 @@ def plot_curves(rows: dict[str, Curve], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, c in rows.items():
         ax.errorbar(c.eps, c.cumulative, yerr=c.stderr, marker="o", ms=3, capsize=2, label=label)
+    for label, pts in (points or {}).items():
+        eps, acc, se = zip(*pts)
+        ax.errorbar(eps, acc, yerr=se, fmt="k*", ms=9, capsize=3, label=label, zorder=5)
     ax.set_xlabel("L2 attack radius epsilon ([0,1] pixels)")
     ax.set_ylabel("accuracy (strongest attack at <= eps)")
     ax.set_title(title, fontsize=9)

@@ -12,15 +12,18 @@ call (`hydra/...` overrides only the multiruns).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
@@ -53,8 +56,16 @@ class Sweep:
         self.table, self.scale, self.s, self.autoattack = table, scale, self.spec.scales[scale], autoattack
         self.base = [f"experiment={self.s.experiment}", *self.s.get("overrides", []), *overrides]
         self.trained: list[str] = []
-        self.autoattack_records: list[dict] = []  # the AutoAttack records shown in the table
-        self.max_gap = float(cfg_for("evaluate", self.base).checks.max_gap)  # PGD - AutoAttack above this is flagged
+
+    @functools.cached_property
+    def evaluate_base(self) -> list[str]:
+        """The overrides every evaluation of this table starts from."""
+        return [*self.base, *self.spec.get("evaluation", []), *self.s.get("evaluate_overrides", [])]
+
+    @functools.cached_property
+    def max_gap(self) -> float:
+        """PGD minus AutoAttack above this is flagged (checks.max_gap of the evaluate config)."""
+        return float(cfg_for("evaluate", self.evaluate_base).checks.max_gap)
 
     # ------------------------------------------------------------------ what the table needs
     def seed_needs(self) -> dict[float, int]:
@@ -146,11 +157,29 @@ class Sweep:
         aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
-        return evaluate(cfg_for("evaluate", [*self.base, *self.spec.get("evaluation", []),
-                                             *self.s.get("evaluate_overrides", []), *aa, *overrides]))
+        return evaluate(cfg_for("evaluate", [*self.evaluate_base, *aa, *overrides]))
 
 
 # ---------------------------------------------------------------------- the three tables
+@dataclass
+class Filled:
+    """A filled table: its rows, every row's curve for the plot, footer notes, the AutoAttack
+    records its rows show, and reference points to plot beside the curves (label -> [(eps, acc, se)])."""
+    rows: list[dict]
+    curves: dict
+    notes: list[str] = field(default_factory=list)
+    autoattack: list[dict] = field(default_factory=list)
+    points: dict = field(default_factory=dict)
+
+
+def seeds_of(result: dict) -> str:
+    return ",".join(str(m["seed"]) for m in result["members"])
+
+
+def autoattack_of(results: list[dict]) -> list[dict]:
+    return [r["autoattack"] for r in results if r.get("autoattack")]
+
+
 def row_cells(sw: Sweep, result: dict, columns_eps: list[float]) -> dict:
     c = curve_of(result)
     cells = {f"eps={e:g}" if e else "natural": fmt_acc(c.at(e), standard_error(c.at(e), c.n)) for e in columns_eps}
@@ -164,7 +193,6 @@ def row_cells(sw: Sweep, result: dict, columns_eps: list[float]) -> dict:
             gap = aa["pgd_acc"] - aa["autoattack_acc"]
             cells[f"AA eps={eps}"] = fmt_acc(aa["autoattack_acc"], aa["autoattack_se"]) + (" ⚠" if gap > sw.max_gap else "")
             cells[f"PGD eps={eps} (AA points)"] = fmt_acc(aa["pgd_acc"], aa["pgd_se"])
-            sw.autoattack_records.append(aa)
     return cells
 
 
@@ -186,92 +214,100 @@ def choose_alpha(sw: Sweep) -> tuple[float, list[str]]:
     return max(sw.s.alpha_candidates), notes
 
 
-def table1(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
+def table1(sw: Sweep) -> Filled:
     alpha, notes = choose_alpha(sw) if sw.s.get("alpha_candidates") else (None, [])
-    rows, curves = [], {}
+    rows, curves, results = [], {}, []
     for row in sw.s.rows:
         a = alpha if row.get("alpha") == "chosen" else row.get("alpha")
         over = [f"members={row.get('members', 'seeds')}"] + ([f"alpha={a}", f"K={row.K}"] if a is not None else [])
         result = sw.evaluate_row(over)
+        results.append(result)
         label = row.label.format(alpha=a, K=row.get("K"))
         rows.append({"model": label, **row_cells(sw, result, list(sw.spec.columns_eps)), "n": result["n"],
-                     "seeds": ",".join(str(m["seed"]) for m in result["members"])})
+                     "seeds": seeds_of(result)})
         curves[label] = curve_of(result)
-    return rows, curves, notes
+    return Filled(rows, curves, notes, autoattack_of(results))
 
 
-def table2_size(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
-    rows, curves = [], {}
+def table2_size(sw: Sweep) -> Filled:
+    rows, curves, results = [], {}, []
     for k in sw.s.K_values:
         result = sw.evaluate_row([f"alpha={sw.spec.target_eps}", f"K={k}"])
-        rows.append({"models": k, **row_cells(sw, result, list(sw.spec.columns_eps)), "n": result["n"]})
+        results.append(result)
+        rows.append({"models": k, **row_cells(sw, result, list(sw.spec.columns_eps)), "n": result["n"],
+                     "seeds": seeds_of(result)})
         curves[f"K={k}"] = curve_of(result)
-    return rows, curves, []
+    return Filled(rows, curves, autoattack=autoattack_of(results))
 
 
-def table2_equivalence(sw: Sweep) -> tuple[list[dict], dict, list[str]]:
+def table2_equivalence(sw: Sweep) -> Filled:
     grid = sorted(float(e) for e in sw.s.single_grid)
     t = float(sw.spec.target_eps)
     row_grid = sorted({0.0, *grid, t})  # the grid, and the AUC at the target eps
     eval_grid = f"evaluation.eps_grid=[{','.join(f'{e:g}' for e in row_grid)}]"
-    single, reference = [], None
+    single, singles, reference = [], [], None
     for e in grid:  # each single model at its own training eps only; AutoAttack for the one at the target
         r = sw.evaluate_row([f"alpha={e}", "K=1", f"evaluation.eps_grid=[0,{e:g}]", f"evaluation.auc_eps={e:g}"],
                             autoattack=(e == t))
+        singles.append(r)
         single.append(curve_of(r).at(e))
         reference = r.get("autoattack") if e == t else reference
-    rows, curves = [], {}
+    rows, curves, results = [], {}, []
     for alpha in sw.s.alphas:
         r = sw.evaluate_row([f"alpha={alpha}", f"K={sw.s.K}", eval_grid])
+        results.append(r)
         c = curve_of(r)
         value, text = equivalent_eps(grid, [c.at(e) for e in grid], single)
         cells = row_cells(sw, r, [0.0, *grid])
         rows.append({"alpha": alpha, "models": sw.s.K, "single-robust-equivalent eps": text,
-                     "ratio to alpha": "-" if math.isnan(value) else f"{value / alpha:.2f}", **cells, "n": r["n"]})
+                     "ratio to alpha": "-" if math.isnan(value) else f"{value / alpha:.2f}", **cells, "n": r["n"],
+                     "seeds": seeds_of(r)})
         curves[f"{sw.s.K}x alpha={alpha}"] = c
-    notes = [f"single models trained at eps in {grid}, each evaluated at its own eps (n = {r['n']}): "
-             + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
+    n = singles[-1]["n"]
+    notes = [f"single models trained at eps in {grid} (seed {seeds_of(singles[0])}), each evaluated at its own eps "
+             f"(n = {n}): " + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
+    points = {"single model trained at e, attacked at e": [(e, a, standard_error(a, n)) for e, a in zip(grid, single)]}
     if reference:
-        sw.autoattack_records.append(reference)
         notes.append(f"under AutoAttack at eps={t:g} on the same {reference['n']} points, the single model trained at "
                      f"{t:g} has {100 * reference['autoattack_acc']:.2f}% (PGD {100 * reference['pgd_acc']:.2f}%): a row "
                      f"whose AA column is at least this is single-robust-equivalent at {t:g} or beyond under AutoAttack")
-    return rows, curves, notes
+    return Filled(rows, curves, notes, autoattack_of([*results, *singles]), points)
 
 
 TABLES = {"table1": table1, "table2_size": table2_size, "table2_equivalence": table2_equivalence}
 
 
-def write_reports(sw: Sweep, rows: list[dict], curves: dict, notes: list[str], wall_s: float) -> dict:
+def write_reports(sw: Sweep, filled: Filled, wall_s: float) -> dict:
     out = Path(cfg_for("train", sw.base).paths.root_dir) / "reports" / sw.scale
+    rows = filled.rows
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if sw.scale == "paper" and sw.s.get("paper_numbers"):
         for r in rows:
             r["paper"] = sw.s.paper_numbers.get(str(next(iter(r.values()))), "-")
         columns.append("paper")
     footer = [sw.spec.caption_note] if sw.spec.get("caption_note") else []
-    footer += [f"scale: {sw.scale} ({sw.s.get('shrunk', 'the paper setup')})", *notes, *autoattack_notes(sw),
+    footer += [f"scale: {sw.scale} ({sw.s.get('shrunk', 'the paper setup')})", *filled.notes, *autoattack_notes(sw, filled.autoattack),
                "accuracies in %, ± one binomial standard error; each accuracy is under the strongest L2 PGD attack "
                f"found at that radius or below; ⚠ marks AutoAttack more than {100 * sw.max_gap:g} points below PGD "
                "on the same points",
                f"written {time.strftime('%Y-%m-%d %H:%M')} in {wall_s / 60:.1f} min"]
     paths = write_table(rows, columns, out, sw.table, sw.spec.caption, footer)
     png = out / f"{sw.table}.png"
-    plot_curves(curves, png, f"{sw.table} ({sw.scale})")
+    plot_curves(filled.curves, png, f"{sw.table} ({sw.scale})", points=filled.points)
     paths["png"] = png
     log_wandb(sw, rows, columns, png)
     return paths
 
 
-def autoattack_notes(sw: Sweep) -> list[str]:
-    recs = sw.autoattack_records
+def autoattack_notes(sw: Sweep, recs: list[dict]) -> list[str]:
     if sw.autoattack == "off":
         return ["AutoAttack column: not computed (--autoattack off)"]
     if not recs:
         return ["AutoAttack column: pending (no stored record; run the target with AUTOATTACK=run)"]
     devices = sorted({r.get("device", "?") for r in recs})
     minutes = sum(r.get("wall_s", 0) for r in recs) / 60
-    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and {recs[0]['attack']} on the same first "
+    pgd = instantiate(cfg_for("evaluate", sw.evaluate_base).evaluation.attack)  # the records' keys hold its settings
+    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and PGD({pgd.settings()}) on the same first "
             f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; records computed on {', '.join(devices)} "
             f"({minutes:.1f} min for this table's rows)"]
 
@@ -301,8 +337,7 @@ def train_union(sweeps: list[Sweep]) -> list[str]:
 def run_table(sw: Sweep) -> dict:
     start = time.perf_counter()
     sw.train_missing()
-    rows, curves, notes = TABLES[sw.table](sw)
-    paths = write_reports(sw, rows, curves, notes, time.perf_counter() - start)
+    paths = write_reports(sw, TABLES[sw.table](sw), time.perf_counter() - start)
     print(open(paths["md"]).read())
     print(f"{sw.table}: trained this run: {len(sw.trained)} ({', '.join(sw.trained) or 'nothing'}); "
           f"wall {time.perf_counter() - start:.0f} s; reports: {', '.join(str(p) for p in paths.values())}", flush=True)

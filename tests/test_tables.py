@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from robust_ensembles import PROJECT_ROOT
-from robust_ensembles.sweep import Sweep, main
+from robust_ensembles.sweep import TABLES, Sweep, main
 from robust_ensembles.tables import equivalent_eps, write_table
 
 GRID = [0.25, 0.5, 0.75, 1.0]
@@ -102,6 +102,9 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         assert label in md["table1"]
     assert "single-robust-equivalent eps" in md["table2_equivalence"]
     assert "under AutoAttack at eps=0.5 on the same 8 points, the single model trained at 0.5" in md["table2_equivalence"]
+    for t in ("table2_size", "table2_equivalence"):
+        assert "| seeds |" in md[t].splitlines()[2] and "| 0,1 |" in md[t]  # the 2-model rows' seeds
+    assert "PGD(eps=" not in md["table1"] and "PGD(norm=l2, steps=2," in md["table1"]  # radius is per call
 
     stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
     assert main(["all", "--scale", "tiny", "--autoattack", "stored", "--", *over]) == 0
@@ -109,3 +112,12 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert stamps == {p: p.stat().st_mtime_ns for p in records.glob("*.json")}  # nothing recomputed
     for t in tables:
         assert md[t].split("- written")[0] == (reports / f"{t}.md").read_text().split("- written")[0]
+
+    # the equivalence plot shows, beside the ensembles' curves, each single model at its own eps: the
+    # points the equivalent eps compares with; the table's AutoAttack records include the reference single
+    filled = TABLES["table2_equivalence"](Sweep("table2_equivalence", "tiny", over, "stored"))
+    [(label, points)] = filled.points.items()
+    assert label.startswith("single model trained at e") and [e for e, _, _ in points] == [0.25, 0.5]
+    for e, acc, se in points:
+        assert f"{e:g}: {100 * acc:.2f}%" in md["table2_equivalence"] and 0 <= se < 0.5
+    assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
