@@ -304,12 +304,13 @@ def autoattack_notes(sw: Sweep, recs: list[dict]) -> list[str]:
         return ["AutoAttack column: not computed (--autoattack off)"]
     if not recs:
         return ["AutoAttack column: pending (no stored record; run the target with AUTOATTACK=run)"]
-    devices = sorted({r.get("device", "?") for r in recs})
-    minutes = sum(r.get("wall_s", 0) for r in recs) / 60
+    seconds: dict[str, float] = {}  # device -> wall time of the records computed there
+    for r in recs:
+        seconds[r.get("device", "?")] = seconds.get(r.get("device", "?"), 0.0) + r.get("wall_s", 0.0)
     pgd = instantiate(cfg_for("evaluate", sw.evaluate_base).evaluation.attack)  # the records' keys hold its settings
     return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and PGD({pgd.settings()}) on the same first "
-            f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; records computed on {', '.join(devices)} "
-            f"({minutes:.1f} min for this table's rows)"]
+            f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; this table's {len(recs)} records computed on "
+            + ", ".join(f"{d} ({t / 60:.1f} min)" for d, t in sorted(seconds.items()))]
 
 
 def log_wandb(sw: Sweep, rows, columns, png) -> None:
