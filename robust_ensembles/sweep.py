@@ -63,9 +63,14 @@ class Sweep:
         return [*self.base, *self.spec.get("evaluation", []), *self.s.get("evaluate_overrides", [])]
 
     @functools.cached_property
+    def evaluate_cfg(self) -> DictConfig:
+        """The evaluate config every row starts from (its PGD, checks.max_gap, logger), composed once."""
+        return cfg_for("evaluate", self.evaluate_base)
+
+    @property
     def max_gap(self) -> float:
-        """PGD minus AutoAttack above this is flagged (checks.max_gap of the evaluate config)."""
-        return float(cfg_for("evaluate", self.evaluate_base).checks.max_gap)
+        """PGD minus AutoAttack above this is flagged."""
+        return float(self.evaluate_cfg.checks.max_gap)
 
     # ------------------------------------------------------------------ what the table needs
     def seed_needs(self) -> dict[float, int]:
@@ -307,14 +312,14 @@ def autoattack_notes(sw: Sweep, recs: list[dict]) -> list[str]:
     seconds: dict[str, float] = {}  # device -> wall time of the records computed there
     for r in recs:
         seconds[r.get("device", "?")] = seconds.get(r.get("device", "?"), 0.0) + r.get("wall_s", 0.0)
-    pgd = instantiate(cfg_for("evaluate", sw.evaluate_base).evaluation.attack)  # the records' keys hold its settings
+    pgd = instantiate(sw.evaluate_cfg.evaluation.attack)  # the records' keys hold its settings
     return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and PGD({pgd.settings()}) on the same first "
             f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; this table's {len(recs)} records computed on "
             + ", ".join(f"{d} ({t / 60:.1f} min)" for d, t in sorted(seconds.items()))]
 
 
 def log_wandb(sw: Sweep, rows, columns, png) -> None:
-    cfg = cfg_for("evaluate", sw.base)
+    cfg = sw.evaluate_cfg
     if not cfg.get("logger") or "Wandb" not in cfg.logger._target_:
         return
     import wandb
