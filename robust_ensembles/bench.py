@@ -23,18 +23,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import hydra
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from robust_ensembles import cli, members, store
 from robust_ensembles.attacks import PGD
 from robust_ensembles.checks import attacked_accuracy
 from robust_ensembles.data import random_crop, random_flip
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.evaluation import standard_error
+from robust_ensembles.curves import standard_error
 
 
 def sync(device: torch.device) -> None:
@@ -171,12 +171,11 @@ def accuracy_data(cfg, model, device):
     """Points for the accuracy comparison: a stored CPU-scale model on real test images, or synthetic."""
     b = cfg.bench
     if b.accuracy_source == "store":
-        from robust_ensembles import store
         runs = store.query(cfg.store.root, {"alpha": b.store_alpha, "model._target_": cfg.model._target_})
         if not runs:
             raise ConfigError(f"bench.accuracy_source=store needs a trained model at alpha={b.store_alpha}: "
                               f"python -m robust_ensembles.train experiment=cpu alpha={b.store_alpha} seed=0")
-        stored = runs[0].load_model().to(device)
+        stored = members.load_model(runs[0]).to(device)
         model.load_state_dict(stored.state_dict())
         dm = instantiate(cfg.data)
         dm.setup("test")
@@ -283,9 +282,7 @@ def bench(cfg: DictConfig) -> Report:
     return rep
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
-def main(cfg: DictConfig) -> None:
-    bench(cfg)
+main = cli.main("bench")(bench)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from robust_ensembles.attacks import PGD, AutoAttack
-from robust_ensembles.evaluation import Curve, standard_error
+from robust_ensembles.curves import Curve, standard_error
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,32 @@ def accuracy(model, x, y, batch_size: int) -> float:
                    for i in range(0, len(y), batch_size)) / len(y)
 
 
-def attacked_accuracy(model, attack, x, y, eps, batch_size) -> float:
-    correct = 0
+def correct_under(model, attack, x, y, eps, batch_size) -> torch.Tensor:
+    """Per point: still classified correctly after `attack` at eps (bool, on the CPU)."""
+    out = []
     for i in range(0, len(y), batch_size):
         xa = attack(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps)
         with torch.no_grad():
-            correct += (model(xa).argmax(1) == y[i:i + batch_size]).sum().item()
-    return correct / len(y)
+            out.append((model(xa).argmax(1) == y[i:i + batch_size]).cpu())
+    return torch.cat(out)
+
+
+def attacked_accuracy(model, attack, x, y, eps, batch_size) -> float:
+    return correct_under(model, attack, x, y, eps, batch_size).float().mean().item()
 
 
 def autoattack_vs_pgd(model, attack: PGD, autoattack: AutoAttack, x, y, eps: float, batch_size: int) -> dict:
-    """PGD and AutoAttack accuracy on the same points at eps, with standard errors."""
-    pgd = attacked_accuracy(model, attack, x, y, eps, batch_size)
-    aa = accuracy(model, autoattack(model, x, y, eps=eps), y, batch_size)
-    n = len(y)
-    return {"eps": eps, "n": n, "pgd_acc": pgd, "pgd_se": standard_error(pgd, n), "autoattack_acc": aa,
-            "autoattack_se": standard_error(aa, n), "attack": repr(attack), "autoattack": autoattack.version}
+    """PGD and AutoAttack on the same points at eps: accuracies, standard errors and, per point,
+    whether it stood (`pgd_correct`, `autoattack_correct`: 0/1 lists in the order of the points)."""
+    pgd = correct_under(model, attack, x, y, eps, batch_size)
+    xa = autoattack(model, x, y, eps=eps)
+    with torch.no_grad():
+        aa = torch.cat([(model(xa[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                        for i in range(0, len(y), batch_size)])
+    n, pgd_acc, aa_acc = len(y), pgd.float().mean().item(), aa.float().mean().item()
+    return {"eps": eps, "n": n, "pgd_acc": pgd_acc, "pgd_se": standard_error(pgd_acc, n), "autoattack_acc": aa_acc,
+            "autoattack_se": standard_error(aa_acc, n), "attack": repr(attack), "autoattack": autoattack.version,
+            "pgd_correct": pgd.int().tolist(), "autoattack_correct": aa.int().tolist()}
 
 
 def run_checks(model, curve: Curve, attack: PGD, autoattack: AutoAttack, square: AutoAttack,

@@ -8,16 +8,11 @@ that trains it runs through the whole composite, i.e. through both backbones.
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from robust_ensembles import store
+from robust_ensembles.adversarial_training import AdversarialTraining
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.train import training_run
-from robust_ensembles.training import AdversarialTraining
 
 HEAD_INITS = ("random", "robust")
 
@@ -76,30 +71,3 @@ class CompositeTraining(AdversarialTraining):
         if not isinstance(model, Composite):
             raise ConfigError(f"CompositeTraining trains a Composite, got {type(model).__name__}.")
         super().__init__(model=model, **kwargs)
-
-
-# ----------------------------------------------------------------------------- store lookups
-def backbone_run(cfg: DictConfig, spec: DictConfig, role: str) -> store.Run:
-    """The complete store entry of a backbone trained with cfg's recipe at spec.alpha, spec.seed."""
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        c.alpha, c.seed = spec.alpha, spec.seed
-    run = training_run(c)
-    if not run.complete:
-        raise ConfigError(
-            f"composite.{role}: no trained backbone at alpha={spec.alpha} seed={spec.seed} in {c.store.root} "
-            f"(expected {run.path}). Train it first: python -m robust_ensembles.train "
-            f"experiment={cfg.name} alpha={spec.alpha} seed={spec.seed}")
-    return run
-
-
-def composite_run(cfg: DictConfig, composite: DictConfig) -> tuple[store.Run, store.Run, store.Run]:
-    """(composite entry, robust backbone entry, natural backbone entry) for one composite config."""
-    robust, natural = backbone_run(cfg, composite.robust, "robust"), backbone_run(cfg, composite.natural, "natural")
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        c.composite = composite
-        c.alpha = composite.eps  # the head's training attack runs at the composite's eps
-    ident = store.identity_of(c, c.store.composite_identity.include, c.store.composite_identity.exclude)
-    ident["backbones"] = {"robust": robust.key, "natural": natural.key}
-    return store.open_run(c.store.root, ident), robust, natural

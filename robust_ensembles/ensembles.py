@@ -15,12 +15,11 @@ it was about 4x slower than the loop; benchmark it on your device).
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from robust_ensembles import store
 from robust_ensembles.errors import ConfigError
 
 COMBINES = ("logits", "probs")
@@ -97,18 +96,3 @@ class Ensemble(nn.Module):
         if self.combine == "logits":
             return (w * outs).sum(0)
         return torch.logsumexp(torch.log(w) + torch.log_softmax(outs, dim=-1), dim=0)
-
-
-def from_store(root, where: Mapping, K: int, seeds: Iterable[int] | None = None, train_hint: str = "",
-               **ensemble_kw) -> tuple[Ensemble, list[store.Run]]:
-    """An ensemble of the first K complete store entries matching `where` (by seed)."""
-    if not isinstance(K, int) or K < 1:
-        raise ConfigError(f"K={K!r} must be an integer >= 1.")
-    runs = store.query(root, where, seeds=seeds)
-    if len(runs) < K:
-        have = [r.identity.get("seed") for r in runs]
-        raise ConfigError(f"K={K} needs {K} trained members matching {dict(where)} in {root}, found {len(runs)} "
-                          f"(seeds {have}). Train them first: {train_hint or 'python -m robust_ensembles.train -m'} "
-                          f"'seed=range({K})'")
-    runs = runs[:K]
-    return Ensemble([r.load_model() for r in runs], **ensemble_kw), runs

@@ -1,13 +1,25 @@
-"""Errors that users can act on: each message names the key or path at fault and the fix."""
+"""Errors that users can act on: each message names the key or path at fault and the fix.
+
+Every entry point turns a `UserError` into one line `error: <message>` and exit status 2
+(`robust_ensembles.cli`); anything else is a bug and keeps its traceback.
+"""
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Bad input the user can fix: a config value, a missing dataset, a missing or corrupt file."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid (names the config key and a valid alternative)."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset is missing or corrupt (names the path and how to get the data)."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A stored checkpoint or weight file is missing or unreadable (names the file)."""
+
+
+class StoreBusyError(UserError, RuntimeError):
+    """Another job holds a store entry right now (names the entry; rerun when it ends)."""

@@ -6,28 +6,31 @@
 The backbones are looked up by their training identity (the same experiment, at
 composite.robust.alpha / composite.natural.alpha and their seeds); a missing one is an error
 that names the train command. The composite gets its own store entry (identity: the composite
-config, the head's attack, data, and the backbones' store keys); it skips and resumes as training does.
+config, the head's attack, data, and the backbones' store keys); it skips and resumes as training
+does. The head trains at composite.eps (`identity.composite_config` sets alpha from it).
 """
 
 from __future__ import annotations
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from robust_ensembles.composites import Composite, composite_run
-from robust_ensembles.fitting import fit_into_store
-from robust_ensembles.train import check
+from robust_ensembles import cli
+from robust_ensembles.composites import Composite
+from robust_ensembles.identity import check, composite_config, composite_run
+from robust_ensembles.members import load_model
+from robust_ensembles.resumable_fit import fit_into_store
 
 
 def finetune(cfg: DictConfig) -> dict:
-    check(cfg)
     comp = cfg.composite
-    attack, eval_attack = instantiate(cfg.attack, eps=comp.eps), instantiate(cfg.eval_attack, eps=comp.eps)
+    cfg = composite_config(cfg, comp)
+    check(cfg)
     run, robust, natural = composite_run(cfg, comp)
+    attack, eval_attack = instantiate(cfg.attack), instantiate(cfg.eval_attack)
 
     def build():
-        model = Composite(robust.load_model(), natural.load_model(), head_init=comp.head_init)
+        model = Composite(load_model(robust), load_model(natural), head_init=comp.head_init)
         return instantiate(cfg.composite_module, model=model, attack=attack, eval_attack=eval_attack,
                            optimizer=instantiate(comp.optimizer), scheduler=instantiate(comp.scheduler))
 
@@ -36,10 +39,7 @@ def finetune(cfg: DictConfig) -> dict:
     return fit_into_store(cfg, run, tag, build, max_epochs=comp.max_epochs)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
-def main(cfg: DictConfig) -> None:
-    finetune(cfg)
-
+main = cli.main("finetune")(finetune)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,8 @@
-"""The model store: one folder per trained model, named by the hash of what determines its weights.
+"""The store: every result the framework computes, keyed by the hash of what determines it.
+
+Two kinds of entry, one root (`store.root`, default `<checkout>/store`, env `RE_STORE`):
+
+Trained models (single models and composites): one folder per model.
 
     <store>/<key>/identity.json   the config keys that determine the weights (hashed into <key>)
                  /config.yaml     the full resolved config of the run that made it
@@ -6,9 +10,26 @@
                  /model.pt        state_dict of the kept epoch (best validation adversarial accuracy)
                  /model_last.pt   state_dict of the last epoch
                  /metrics.json    kept and last epoch, validation and test metrics, wall time, images/s
-                 /COMPLETE        written last, atomically: only then is the entry used or skipped
+                 /COMPLETE        written last: only then is the entry used or skipped
 
-Which config keys make the identity is itself config (`store.identity.include/exclude`), so
+Records (what an evaluation measured): one JSON file per record, `get_record` / `put_record`.
+
+    <store>/records/<kind>/<key>.json   kind: `curve` (accuracy vs eps of one evaluated model) or
+                                        `autoattack` (AutoAttack and PGD at one eps on the first n points)
+                       /<key>.png       the curve's plot, beside a curve record
+
+A record holds {kind, version, key, spec, ...}: `spec` is what determines it (members' store keys,
+weights, attack settings, test points; hashed into <key>), `version` the semantics version of the
+code that computed it. A record whose version differs from the code's is stale: it is reported
+("stale record ... recomputing") and recomputed, never reused. Records keep per-point outcomes
+(which test points each attack flipped, at which radius), so later attacks and paired statistics
+reuse them without recomputing.
+
+Every file is written to a temporary file and renamed (`write_atomic`, `save_atomic`), so a kill
+during a write leaves the previous complete file. The store imports no model code: it returns
+identities, configs, weights and records; `robust_ensembles.members` builds models from them.
+
+Which config keys make a model's identity is itself config (`store.identity.include/exclude`), so
 paths, loggers and speed knobs never change a hash. Numbers are canonicalised before hashing
 (`alpha=0` and `alpha=0.0` are the same run).
 """
@@ -27,12 +48,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from robust_ensembles import PROJECT_ROOT
-from robust_ensembles.errors import CheckpointError
+from robust_ensembles.errors import CheckpointError, StoreBusyError
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +127,25 @@ def git_commit() -> str | None:
 
 
 # ----------------------------------------------------------------------------- files
-def write_atomic(path: Path, text: str) -> None:
+def _replace_from_tmp(path: Path, write) -> None:
+    """write(tmp) then rename onto path: readers see the old complete file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    _replace_from_tmp(path, lambda tmp: tmp.write_text(text))
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _replace_from_tmp(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_weights(path: Path | str) -> dict:
@@ -184,8 +212,8 @@ class Run:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(f"another job is training {self.path} right now; rerun this one when it ends "
-                                   f"(it will then be skipped or resumed).") from None
+                raise StoreBusyError(f"another job is training {self.path} right now; rerun this one when it ends "
+                                     f"(it will then be skipped or resumed).") from None
             try:
                 yield self
             finally:
@@ -203,16 +231,13 @@ class Run:
         write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         write_atomic(self.path / MARKER, json.dumps({"key": self.key}))
 
-    def load_model(self, which: str = "model.pt") -> nn.Module:
-        """The stored model (kept epoch by default) in eval mode."""
-        if "backbones" in self.identity:  # a composite: its backbones come from their own entries
-            from robust_ensembles.composites import Composite
-            parts = {role: Run.at(self.path.parent / key).load_model() for role, key in self.identity["backbones"].items()}
-            model = Composite(**parts)
-        else:
-            model = instantiate(self.config().model)
-        model.load_state_dict(load_weights(self.path / which))
-        return model.eval()
+    def weights(self, which: str = "model.pt") -> dict:
+        """The stored state_dict (kept epoch by default; `model_last.pt` for the last)."""
+        return load_weights(self.path / which)
+
+    def sibling(self, key: str) -> "Run":
+        """Another entry of the same store, by key (a composite's backbones)."""
+        return Run.at(self.path.parent / key)
 
 
 def open_run(root: str | Path, identity: dict) -> Run:
@@ -231,3 +256,42 @@ def query(root: str | Path, where: Mapping[str, Any], seeds: Iterable[int] | Non
             if seeds is None or float(run.identity.get("seed", -1)) in seeds:
                 runs.append(run)
     return sorted(runs, key=lambda r: r.identity.get("seed", 0))
+
+
+# ----------------------------------------------------------------------------- records
+RECORDS = "records"
+
+
+def record_path(root: str | Path, kind: str, spec: Mapping) -> Path:
+    return Path(root).expanduser() / RECORDS / kind / f"{key_of(spec)}.json"
+
+
+def get_record(root: str | Path, kind: str, spec: Mapping, version: int) -> dict | None:
+    """The stored record of `kind` for `spec`, or None when there is none or it is stale
+    (computed by code of another semantics version: reported, and left to be recomputed)."""
+    path = record_path(root, kind, spec)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        log.warning("[store] unreadable %s record %s (%s): recomputing", kind, path, e)
+        return None
+    if record.get("version") != version:
+        log.warning("[store] stale %s record %s (semantics version %s, this code writes %s): recomputing",
+                    kind, path, record.get("version"), version)
+        return None
+    return record
+
+
+def put_record(root: str | Path, kind: str, spec: Mapping, version: int, payload: Mapping) -> dict:
+    """Write a record atomically; returns it as stored (payload plus kind, version, key, spec)."""
+    path = record_path(root, kind, spec)
+    record = {**payload, "kind": kind, "version": version, "key": key_of(spec), "spec": canonical_json(spec)}
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+    return record
+
+
+def canonical_json(value: Any) -> Any:
+    """`value` as plain JSON types (what a record's spec is stored as)."""
+    return json.loads(json.dumps(value))

@@ -8,31 +8,12 @@ A job whose store entry is complete is skipped; one whose entry holds a last che
 
 from __future__ import annotations
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from robust_ensembles import store
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.fitting import fit_into_store
-
-
-def check(cfg: DictConfig) -> None:
-    """Top-level scalars, checked before anything is built."""
-    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or cfg.alpha < 0:
-        raise ConfigError(f"alpha={cfg.alpha!r} must be a number >= 0 (the L2 training radius in [0,1] pixels; 0 = natural training).")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer >= 0.")
-
-
-def training_identity(cfg: DictConfig) -> dict:
-    """The config keys (`store.identity`) that determine the weights of the model `cfg` trains."""
-    return store.identity_of(cfg, cfg.store.identity.include, cfg.store.identity.exclude)
-
-
-def training_run(cfg: DictConfig) -> store.Run:
-    """The store entry of the model that `cfg` trains."""
-    return store.open_run(cfg.store.root, training_identity(cfg))
+from robust_ensembles import cli
+from robust_ensembles.identity import check, training_run
+from robust_ensembles.resumable_fit import fit_into_store
 
 
 def train(cfg: DictConfig) -> dict:
@@ -44,10 +25,7 @@ def train(cfg: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
+main = cli.main("train")(train)
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from robust_ensembles.attacks import PGD
 from robust_ensembles.composites import Composite, CompositeTraining
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.evaluate import evaluate
+from robust_ensembles.members import load_model
+from robust_ensembles.robustness import evaluate
 from robust_ensembles.finetune import finetune
 from robust_ensembles.models import small_cnn
 from robust_ensembles.store import Run
@@ -91,9 +92,9 @@ def test_finetune_freezes_backbones_and_skips_when_done(composite_store, tmp_pat
     root = tmp_path / "store"
     (entry,) = [p.parent for p in root.glob("*/COMPLETE") if "backbones" in Run.at(p.parent).identity]
     run = Run.at(entry)
-    comp = run.load_model()
+    comp = load_model(run)
     for role in ("robust", "natural"):
-        stored = Run.at(root / run.identity["backbones"][role]).load_model().state_dict()
+        stored = load_model(Run.at(root / run.identity["backbones"][role])).state_dict()
         now = getattr(comp, role).state_dict()
         assert all(torch.equal(stored[k], now[k]) for k in stored), role  # bit-identical after fine-tuning
     assert run.identity["composite"]["eps"] == 0.4 and run.identity["attack"]["eps"] == 0.4

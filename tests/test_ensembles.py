@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_ensembles.ensembles import Ensemble, from_store
+from robust_ensembles.ensembles import Ensemble
+from robust_ensembles.members import seed_ensemble
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.models import small_cnn
 
@@ -124,6 +125,6 @@ def test_incompatible_members_are_refused():
 
 def test_k_larger_than_the_trained_seeds_names_the_train_command(tmp_path):
     with pytest.raises(ConfigError) as e:
-        from_store(tmp_path, {"alpha": 0.25}, K=4, train_hint="python -m robust_ensembles.train -m alpha=0.25")
+        seed_ensemble(tmp_path, {"alpha": 0.25}, K=4, train_hint="python -m robust_ensembles.train -m alpha=0.25")
     msg = str(e.value)
     assert "K=4 needs 4 trained members" in msg and "found 0" in msg and "'seed=range(4)'" in msg

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.evaluate import evaluate
-from robust_ensembles.evaluation import Curve, auc, curve_from_min_flip, load_result, save_result
+from robust_ensembles.robustness import evaluate
+from robust_ensembles import store
+from robust_ensembles.curves import Curve, auc, curve_from_min_flip
 from robust_ensembles.train import train
 from tests.conftest import TINY, compose_train
 
@@ -35,12 +36,15 @@ def test_cumulative_accuracy_is_monotone_and_counts_the_smallest_flip():
     assert c.stderr[0] == pytest.approx(((7 / 8) * (1 / 8) / 8) ** 0.5)
 
 
-def test_result_json_round_trips(tmp_path):
+def test_record_round_trips_and_a_stale_one_is_recomputed(tmp_path, caplog):
     c = curve_from_min_flip(torch.tensor([0.0, 0.2, float("inf")]), [0.0, 0.1, 0.2], torch.tensor([2, 2, 1]))
-    result = {"curve": c.to_dict(), "auc": {"0.2": c.auc(0.2)}}
-    save_result(result, tmp_path / "r.json")
-    back = load_result(tmp_path / "r.json")
-    assert back == json.loads(json.dumps(result))
+    spec = {"members": ["abc"], "eps_grid": [0, 0.1, 0.2]}
+    put = store.put_record(tmp_path, "curve", spec, 1, {"curve": c.to_dict(), "auc": {"0.2": c.auc(0.2)}})
+    back = store.get_record(tmp_path, "curve", spec, 1)
+    assert back == json.loads(json.dumps(put)) and back["version"] == 1 and back["spec"] == spec
+    assert store.get_record(tmp_path, "curve", {**spec, "members": ["xyz"]}, 1) is None  # another spec: absent
+    assert store.get_record(tmp_path, "curve", spec, 2) is None  # written by code of another semantics version
+    assert "stale curve record" in caplog.text and "recomputing" in caplog.text
     c2 = Curve(**{k: v for k, v in back["curve"].items() if k != "stderr"})
     assert c2.cumulative == c.cumulative and c2.stderr == pytest.approx(c.stderr) and c2.per_eps == c.per_eps
 
@@ -60,7 +64,7 @@ def eval_cfg(tmp_path, over, *extra):
 
 def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_store, tmp_path):
     r = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
-    (path,) = (tmp_path / "store" / "evaluations").glob("*.json")
+    (path,) = (tmp_path / "store" / "records" / "curve").glob("*.json")
     assert path.with_suffix(".png").is_file()
     c = r["curve"]
     assert r["K"] == 2 and len(r["members"]) == 2 and c["n"] == 64 and c["eps"] == [0.0, 0.1, 0.25, 0.5]
@@ -68,7 +72,14 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
     assert all(cu <= pe + 1e-9 for cu, pe in zip(c["cumulative"], c["per_eps"]))
     assert c["max_norm_ratio"] <= 1 + 1e-5 and c["pixel_range"][0] >= 0 and c["pixel_range"][1] <= 1
     assert r["auc"]["0.5"] == pytest.approx(auc(c["eps"], c["cumulative"], 0.5))
-    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == load_result(path)  # reused
+    # per-point outcomes: each point's smallest flipping radius and its outcome at every radius
+    pts = r["per_point"]
+    assert len(pts["min_flip"]) == len(pts["correct_at"]) == 64
+    for i, e in enumerate(c["eps"]):
+        assert sum(f is None or f > e for f in pts["min_flip"]) == round(c["cumulative"][i] * 64)
+        assert sum(row[i] == "1" for row in pts["correct_at"]) == round(c["per_eps"][i] * 64)
+    assert r["device"] == "cpu" and r["precision"] == "32-true" and r["version"] == 1
+    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == json.loads(path.read_text())  # reused
     again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))
     assert again["curve"] == r["curve"]  # same seed, same numbers
 
@@ -87,7 +98,8 @@ def test_check_mode_reports_every_check(trained_store, tmp_path, capsys):
     r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=16", "checks.eps=0.25",
                           "evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8"))
     aa = r["autoattack"]
-    assert aa["n"] == 8 and aa["eps"] == 0.25 and 0 <= aa["autoattack_acc"] <= 1 and aa["autoattack"] == "standard"
+    assert aa["n"] == 8 and aa["eps"] == 0.25 and aa["autoattack"] == "standard"
+    assert aa["autoattack_acc"] == sum(aa["autoattack_correct"]) / 8 and aa["pgd_acc"] == sum(aa["pgd_correct"]) / 8
     names = [c["name"] for c in r["checks"]]
     assert names == ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
                      "doubling PGD steps changes accuracy by < 1 SE", "black-box Square no stronger than white-box PGD",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from robust_ensembles.training import AdversarialTraining, compiled
+from robust_ensembles.adversarial_training import AdversarialTraining, compiled
 from tests.conftest import compose_train
 from tests.test_data import module
 

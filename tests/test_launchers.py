@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import yaml
 
 from tests.conftest import TINY, run_module
+
+GPU_CLUSTER = "needs the gpu-cluster extra: pip install -e '.[gpu-cluster]' (CI installs it)"
+
+
+def _installed(plugin: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{plugin}") is not None
+    except ModuleNotFoundError:  # no hydra_plugins namespace at all
+        return False
+
+
+needs_ray = pytest.mark.skipif(not _installed("hydra_ray_launcher"), reason=GPU_CLUSTER)
+needs_submitit = pytest.mark.skipif(not _installed("hydra_submitit_launcher"), reason=GPU_CLUSTER)
 
 
 def launcher_cfg(name: str) -> dict:
@@ -14,12 +29,14 @@ def launcher_cfg(name: str) -> dict:
     return yaml.safe_load(out.stdout.split("\n", 1)[1])
 
 
+@needs_ray
 def test_gpus_launcher_gives_each_job_one_gpu():
     cfg = launcher_cfg("gpus")
     assert cfg["_target_"].endswith("RayLauncher")
     assert cfg["ray"]["remote"]["num_gpus"] == 1 and cfg["ray"]["init"].get("num_gpus") is None
 
 
+@needs_submitit
 def test_slurm_launcher_builds_a_gpu_array():
     cfg = launcher_cfg("slurm")
     assert cfg["_target_"].endswith("SlurmLauncher")
@@ -27,6 +44,7 @@ def test_slurm_launcher_builds_a_gpu_array():
 
 
 @pytest.mark.slow
+@needs_ray
 def test_two_parallel_ray_jobs_on_cpu_write_two_entries_and_a_rerun_skips_them(tmp_path):
     args = ["robust_ensembles.train", "-m", "hydra/launcher=ray_cpu", "threads=1", *TINY, "alpha=0.1", "seed=0,1",
             f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]

@@ -65,3 +65,47 @@ def test_lock_refuses_a_second_holder(tmp_path):
         with pytest.raises(RuntimeError, match="another job is training"):
             with run.lock():
                 pass
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from robust_ensembles import store
+from robust_ensembles.jobs import AtomicCheckpointIO
+root, kind = Path(sys.argv[1]), sys.argv[2]
+big = list(range(3_000_000))  # slow enough to kill mid-write
+while True:
+    if kind == "record":
+        store.put_record(root, "curve", {"model": "m"}, 1, {"acc": 0.5, "per_point": big})
+    else:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
+"""
+
+
+@pytest.mark.parametrize("kind", ["record", "checkpoint"])
+def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from robust_ensembles import PROJECT_ROOT
+    from robust_ensembles.jobs import AtomicCheckpointIO
+
+    if kind == "record":
+        store.put_record(tmp_path, "curve", {"model": "m"}, 1, {"acc": 0.25})
+        target = store.record_path(tmp_path, "curve", {"model": "m"})
+    else:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
+        target = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), kind], cwd=PROJECT_ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(target.parent.glob(f".{target.name}.tmp*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # while the temporary file is being written
+    proc.wait()
+    assert time.time() < deadline, "the writer never started writing"
+    if kind == "record":
+        assert store.get_record(tmp_path, "curve", {"model": "m"}, 1)["acc"] == 0.25
+    else:
+        assert store.load_weights(target)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]

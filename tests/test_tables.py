@@ -1,15 +1,19 @@
-"""Tables: the equivalence definition, the writers, the Makefile targets, and a miniature Table 1."""
+"""Tables: the equivalence definition, the writers, the Makefile targets, the driver on miniature
+tables (the paper's three, and a new table module written in the test)."""
 
 from __future__ import annotations
 
 import math
 import subprocess
+import textwrap
 
 import pytest
 
 from robust_ensembles import PROJECT_ROOT
-from robust_ensembles.sweep import TABLES, Sweep, main
-from robust_ensembles.tables import equivalent_eps, write_table
+from robust_ensembles.paper_tables import driver
+from robust_ensembles.paper_tables.driver import TableRun
+from robust_ensembles.paper_tables.reports import write_table
+from robust_ensembles.paper_tables.table2_equivalence import equivalent_eps
 
 GRID = [0.25, 0.5, 0.75, 1.0]
 
@@ -30,10 +34,26 @@ def test_equivalent_eps_beyond_the_grid_and_below_it():
     assert math.isnan(value) and text == "< 0.25"
 
 
-def test_equivalent_eps_takes_the_last_crossing():
+def test_equivalent_eps_is_the_largest_eps_where_the_ensemble_is_ahead_whatever_came_before():
+    # [-, +, +, +]: behind at 0.25 only; at least as accurate from 0.5 to the grid's end -> "> 1"
+    assert equivalent_eps(GRID, [0.4, 0.45, 0.35, 0.25], [0.5, 0.40, 0.30, 0.20]) == (1.0, "> 1")
+    # [+, -, +]: ahead again at the last grid point -> "> max", not the interior crossing
+    assert equivalent_eps([0.25, 0.5, 0.75], [0.6, 0.3, 0.35], [0.5, 0.4, 0.3]) == (0.75, "> 0.75")
     # + - + -: ahead again at 0.75, behind at 1.0 -> crossing between 0.75 and 1.0
     value, _ = equivalent_eps(GRID, [0.6, 0.3, 0.35, 0.1], [0.5, 0.4, 0.3, 0.2])
-    assert 0.75 < value < 1.0
+    assert value == pytest.approx(0.75 + 0.25 * 0.05 / 0.15)
+
+
+def test_equivalent_eps_ties_count_as_at_least_as_accurate():
+    assert equivalent_eps(GRID, [0.5, 0.4, 0.3, 0.2], [0.5, 0.4, 0.3, 0.2]) == (1.0, "> 1")  # equal everywhere
+    value, text = equivalent_eps([0.25, 0.5, 0.75], [0.6, 0.4, 0.2], [0.5, 0.4, 0.3])  # tie at 0.5, behind at 0.75
+    assert value == pytest.approx(0.5) and text == "0.500"
+
+
+def test_equivalent_eps_on_a_single_grid_point():
+    assert equivalent_eps([0.5], [0.4], [0.4]) == (0.5, "> 0.5")
+    value, text = equivalent_eps([0.5], [0.3], [0.4])
+    assert math.isnan(value) and text == "< 0.5"
 
 
 def test_table_writers(tmp_path):
@@ -48,24 +68,25 @@ def test_table_writers(tmp_path):
 
 @pytest.mark.parametrize("target,table", [("table1", "table1"), ("table2-size", "table2_size"),
                                           ("table2-equivalence", "table2_equivalence")])
-def test_make_dry_run_shows_the_sweep_command(target, table):
+def test_make_dry_run_shows_the_table_command(target, table):
     out = subprocess.run(["make", "-n", target, "SCALE=paper", "ESTIMATE=1", "ARGS=hydra/launcher=gpus"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    assert (f"-m robust_ensembles.sweep {table} --scale paper --autoattack run --estimate -- hydra/launcher=gpus"
+    assert (f"-m robust_ensembles.tables table={table} scale=paper autoattack=run estimate=true hydra/launcher=gpus"
             in out.stdout)
     tables = subprocess.run(["make", "-n", "tables", "AUTOATTACK=stored"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True).stdout
-    assert "-m robust_ensembles.sweep all --scale cpu --autoattack stored" in tables
+    assert "-m robust_ensembles.tables table=all scale=cpu autoattack=stored" in tables
 
 
-def test_sweeps_declare_what_they_need(tmp_path):
+def test_tables_declare_what_they_need(tmp_path):
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
-    t1 = Sweep("table1", "cpu", over)
-    assert t1.seed_needs() == {0.0: 1, 0.05: 1, 0.25: 4, 0.3: 1, 0.4: 1, 0.5: 1}
-    assert t1.composite_options() == ["paper", "paper_b"]
-    assert Sweep("table2_size", "paper", over).seed_needs() == {0.5: 16}
-    eq = Sweep("table2_equivalence", "cpu", over).seed_needs()
+    t1 = TableRun("table1", "cpu", over)
+    needs = t1.needs()  # the rows, the alpha candidates, and the composites' backbones
+    assert needs.seeds == {0.0: 1, 0.05: 1, 0.25: 4, 0.3: 1, 0.4: 1, 0.5: 1}
+    assert needs.composites == ["paper", "paper_b"]
+    assert TableRun("table2_size", "paper", over).needs().seeds == {0.5: 16}
+    eq = TableRun("table2_equivalence", "cpu", over).needs().seeds
     assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
     jobs, comps = t1.missing()
     assert len(jobs) == 9 and comps == ["paper", "paper_b"]
@@ -75,10 +96,10 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     """`all` trains the three tables' union once; the AutoAttack column can come later from the store,
     each distinct model attacked once however many tables show it; a rerun trains and attacks nothing."""
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
-    reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "autoattack"
+    reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "records" / "autoattack"
     tables = ["table1", "table2_size", "table2_equivalence"]
 
-    assert main(["all", "--scale", "tiny", "--autoattack", "stored", "--", *over]) == 0
+    driver.run("all", "tiny", over, autoattack="stored")
     out = capsys.readouterr().out
     assert "all tables: trained this run: 10 (" in out  # 8 models + 2 composites, each once
     for t in tables:
@@ -87,7 +108,7 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         assert "pending" in md and "AutoAttack column: pending" in md
     assert not records.exists()
 
-    assert main(["all", "--scale", "tiny", "--", *over]) == 0
+    driver.run("all", "tiny", over)
     out = capsys.readouterr().out
     assert "all tables: trained this run: 0 (nothing)" in out
     # 10 table rows, 3 of them the same model at the same eps on the same points: 7 AutoAttack records
@@ -98,7 +119,7 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         for ext in ("csv", "tex", "png"):
             assert (reports / f"{t}.{ext}").is_file()
     for label in ["Natural model", "Robust model eps=0.25", "Robust model eps=0.5", "2-Robust eps=0.25",
-                  "1-composite (0.4, 0.05)", "2X 1-composite weighted average", "AUC(0.5)", "validation"]:
+                  "1-composite (0.4, 0.05)", "2X 1-composite weighted average", "AUC(0.5)"]:
         assert label in md["table1"]
     assert "single-robust-equivalent eps" in md["table2_equivalence"]
     assert "under AutoAttack at eps=0.5 on the same 8 points, the single model trained at 0.5" in md["table2_equivalence"]
@@ -107,7 +128,7 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert "PGD(eps=" not in md["table1"] and "PGD(norm=l2, steps=2," in md["table1"]  # radius is per call
 
     stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
-    assert main(["all", "--scale", "tiny", "--autoattack", "stored", "--", *over]) == 0
+    driver.run("all", "tiny", over, autoattack="stored")
     assert "all tables: trained this run: 0 (nothing)" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in records.glob("*.json")}  # nothing recomputed
     for t in tables:
@@ -115,9 +136,59 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
 
     # the equivalence plot shows, beside the ensembles' curves, each single model at its own eps: the
     # points the equivalent eps compares with; the table's AutoAttack records include the reference single
-    filled = TABLES["table2_equivalence"](Sweep("table2_equivalence", "tiny", over, "stored"))
+    filled = TableRun("table2_equivalence", "tiny", over, "stored").fill()
     [(label, points)] = filled.points.items()
     assert label.startswith("single model trained at e") and [e for e, _, _ in points] == [0.25, 0.5]
     for e, acc, se in points:
-        assert f"{e:g}: {100 * acc:.2f}%" in md["table2_equivalence"] and 0 <= se < 0.5
+        assert f"{e:g}: {100 * acc:.2f}%" in md["table2_equivalence"]
+        assert se == pytest.approx((acc * (1 - acc) / 64) ** 0.5)
     assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
+
+
+def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
+    """The README's recipe: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
+    driver trains what it needs, evaluates its rows and writes its reports."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "k_table.py").write_text(textwrap.dedent('''
+        from robust_ensembles.curves import curve_of
+        from robust_ensembles.paper_tables.driver import Needs
+        from robust_ensembles.paper_tables.reports import Filled, row_cells
+
+        def needs(t):
+            return Needs().add_seeds(t.s.alpha, max(t.s.K_values))
+
+        def fill(t):
+            rows, curves = [], {}
+            for k in t.s.K_values:
+                r = t.evaluate_row([f"alpha={t.s.alpha}", f"K={k}"], autoattack=False)
+                rows.append({"K": k, **row_cells(t, r, [0, t.spec.target_eps])})
+                curves[f"K={k}"] = curve_of(r)
+            return Filled(rows, curves, notes=[f"{len(rows)} rows from a table module written in a test"])
+    '''))
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "k_table.yaml").write_text(textwrap.dedent('''
+        caption: "K-ensembles at alpha=0.25"
+        module: k_table
+        target_eps: 0.25
+        evaluation: ["evaluation.eps_grid=[0,0.25]", "evaluation.auc_eps=0.25"]
+        scales:
+          tiny: {experiment: tiny, alpha: 0.25, K_values: [1, 2], autoattack_n: 8,
+                 evaluate_overrides: [evaluation.attack.steps=2]}
+    '''))
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    driver.run("k_table", "tiny", over, autoattack="off", sweeps_dir=sweeps)
+    assert "k_table: trained this run: 2 (alpha=0.25 seed=0, alpha=0.25 seed=1)" in capsys.readouterr().out
+    md = (tmp_path / "reports" / "tiny" / "k_table.md").read_text()
+    assert "**K-ensembles at alpha=0.25**" in md and "| K | natural | eps=0.25 |" in md
+    assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| 1") or line.startswith("| 2")] == ["| 1", "| 2"]
+    assert "2 rows from a table module written in a test" in md and "AutoAttack column: not computed" in md
+    assert len(list((tmp_path / "store" / "records" / "curve").glob("*.json"))) == 2
+
+
+def test_an_unknown_table_or_scale_is_named(tmp_path):
+    from robust_ensembles.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"table=tabel1: no sweep .*table1"):
+        TableRun("tabel1", "cpu", [])
+    with pytest.raises(ConfigError, match="scale=huge is not declared"):
+        TableRun("table1", "huge", [])

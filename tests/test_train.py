@@ -16,8 +16,9 @@ import torch
 
 from robust_ensembles import PROJECT_ROOT, store
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.members import load_model
 from robust_ensembles.train import train
-from robust_ensembles.training import AdversarialTraining
+from robust_ensembles.adversarial_training import AdversarialTraining
 from tests.conftest import TINY, run_module
 
 
@@ -52,7 +53,7 @@ def test_stored_model_is_found_by_query_and_reloads(tiny_cfg, tmp_path):
     assert [r.identity["seed"] for r in runs] == [0, 1]
     assert [r.identity["seed"] for r in store.query(root, {"alpha": 0.1}, seeds=[1])] == [1]
     assert len(store.query(root, {"alpha": 0.0})) == 1
-    model = runs[0].load_model()
+    model = load_model(runs[0])
     x = torch.rand(2, 3, 32, 32)
     assert model(x).shape == (2, 10) and model.features(x).shape == (2, model.feature_dim)
 

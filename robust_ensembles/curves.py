@@ -2,7 +2,8 @@
 model, an ensemble, a composite), attacked as one model.
 
 For every test point we record the smallest radius on the grid at which the attack flipped it
-(`min_flip`; 0 when it is misclassified clean, inf when never flipped). The *cumulative* accuracy
+(`min_flip`; 0 when it is misclassified clean, inf when never flipped), and with per_eps=True
+whether it stood at each radius (`correct_at`): the per-point outcomes a store record keeps. The *cumulative* accuracy
 at eps is the fraction with `min_flip > eps`: accuracy under the strongest attack found at that
 radius or below, so the curve is non-increasing by construction. The *per-eps* accuracy is what
 the attack at eps alone achieved (the usual number; its monotonicity is a sanity check).
@@ -12,7 +13,6 @@ AUC(eps_t) = (1/eps_t) * trapezoid integral of the cumulative accuracy over [0, 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,8 +100,12 @@ class EnsembleEvaluation(pl.LightningModule):
         self.per_eps = per_eps
         self.curve: Curve | None = None
 
+        self.min_flip: torch.Tensor | None = None      # (n,) per point, after the test epoch
+        self.correct_at: torch.Tensor | None = None    # (n, len(eps)) bool, per_eps=True only
+
     def on_test_epoch_start(self):
-        self._min_flip, self._per_eps = [], torch.zeros(len(self.eps), dtype=torch.long)
+        self._min_flip, self._correct = [], []
+        self._per_eps = torch.zeros(len(self.eps), dtype=torch.long)
         self._max_ratio, self._lo, self._hi = 0.0, math.inf, -math.inf
 
     def _predict(self, x):
@@ -114,6 +118,8 @@ class EnsembleEvaluation(pl.LightningModule):
         correct = self._predict(x) == y
         min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
         self._per_eps[0] += correct.sum().item()
+        correct_at = torch.zeros(len(y), len(self.eps), dtype=torch.bool, device=x.device)
+        correct_at[:, 0] = correct
         for i, eps in enumerate(self.eps[1:], start=1):
             todo = torch.ones_like(correct) if self.per_eps else min_flip > self.eps[i - 1]
             if not todo.any():
@@ -125,27 +131,25 @@ class EnsembleEvaluation(pl.LightningModule):
             self._lo, self._hi = min(self._lo, x_adv.min().item()), max(self._hi, x_adv.max().item())
             fooled = self._predict(x_adv) != y[todo]
             self._per_eps[i] += (~fooled).sum().item()
+            correct_at[todo.nonzero().squeeze(1), i] = ~fooled
             idx = todo.nonzero().squeeze(1)[fooled]
             min_flip[idx] = torch.minimum(min_flip[idx], torch.tensor(eps, device=x.device))
         self._min_flip.append(min_flip.cpu())
+        self._correct.append(correct_at.cpu())
 
     def on_test_epoch_end(self):
-        min_flip = torch.cat(self._min_flip)
+        min_flip = self.min_flip = torch.cat(self._min_flip)
+        self.correct_at = torch.cat(self._correct) if self.per_eps else None
         lo, hi = (self._lo, self._hi) if self._hi > -math.inf else (0.0, 1.0)
         self.curve = curve_from_min_flip(min_flip, self.eps, self._per_eps if self.per_eps else None,
                                          self._max_ratio, (lo, hi))
         self.log_dict({f"test/acc@{e:g}": a for e, a in zip(self.eps, self.curve.cumulative)})
 
 
-# ----------------------------------------------------------------------------- results
-def save_result(result: dict, path: Path) -> None:
-    from robust_ensembles.store import write_atomic
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(result, indent=2, sort_keys=True))
-
-
-def load_result(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def curve_of(record: dict) -> Curve:
+    """The Curve of a stored curve record."""
+    c = record["curve"]
+    return Curve(c["eps"], c["cumulative"], c["per_eps"], c["n"], c["max_norm_ratio"], tuple(c["pixel_range"]))
 
 
 def plot_curves(rows: dict[str, Curve], path: Path, title: str,

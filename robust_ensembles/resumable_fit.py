@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from robust_ensembles import store, tracking
+from robust_ensembles import jobs, store
 from robust_ensembles.callbacks import Throughput
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,12 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
         resume = run.resume_checkpoint()
         log.info("[store] %s %s -> %s", "resume" if resume else "train", tag, run.path)
         run.begin(cfg)
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg.threads)
-        pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        module = build_module()
         throughput = Throughput()
         checkpoint = instantiate(cfg.checkpoint)
-        logger = instantiate(cfg.logger) if cfg.get("logger") else False
-        trainer = instantiate(cfg.trainer, callbacks=[checkpoint, throughput], logger=logger, **trainer_overrides)
-        tracking.log_config(logger, cfg)
-        try:
+        trainer, logger = jobs.setup(cfg, [checkpoint, throughput], **trainer_overrides)
+        datamodule = instantiate(cfg.data)
+        module = build_module()
+        with jobs.tracked():
             start = time.perf_counter()
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
             fit_seconds = time.perf_counter() - start
@@ -61,14 +56,11 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
                 "n_test": len(datamodule.splits["test"]), "n_train": len(datamodule.splits["train"]),
                 "fit_seconds": fit_seconds, "resumed_from": resume,
                 "train_images_per_s": throughput.images_per_s,
-                "device": str(module.device), "torch": torch.__version__, "git_commit": store.git_commit(),
+                "device": str(trainer.strategy.root_device), "torch": torch.__version__,
+                "git_commit": store.git_commit(),
             }
             if logger:
                 logger.log_metrics({f"store/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             run.finish(kept, last, metrics)
-        except BaseException:
-            tracking.finish(failed=True)
-            raise
-        tracking.finish(failed=False)
     log.info("[store] done %s: %s", tag, {k: metrics[k] for k in metrics if k.startswith("test/")})
     return metrics

@@ -1,0 +1,233 @@
+"""The generic table driver: read a table's sweep, train what the store lacks, fill, write reports.
+
+    python -m robust_ensembles.tables table=table1 scale=cpu            # the entry point
+    python -m robust_ensembles.tables table=all scale=cpu estimate=true  # what is missing, and its cost
+
+Overrides reach every train, finetune and evaluate call; `hydra/launcher=...` and
+`hydra.launcher.*` overrides reach the training multiruns.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
+from robust_ensembles.errors import ConfigError, UserError
+from robust_ensembles.identity import composite_run, training_identity, training_run
+from robust_ensembles.paper_tables.reports import write_reports
+from robust_ensembles.robustness import evaluate
+
+log = logging.getLogger(__name__)
+AUTOATTACK_MODES = ("run", "stored", "off")  # compute missing AutoAttack records | use stored ones only | no column
+
+
+class JobsFailedError(UserError):
+    """A training multirun ended with failed jobs (each already reported); finished jobs are kept."""
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """conf/<config_name>.yaml with overrides (inside a running Hydra app, or outside one)."""
+    overrides = [o for o in overrides if not o.startswith("hydra")]
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name, overrides=overrides)
+
+
+@dataclass
+class Needs:
+    """What a table needs trained: seeds per alpha (the first n seeds), and composite options."""
+    seeds: dict[float, int] = field(default_factory=dict)
+    composites: list[str] = field(default_factory=list)
+
+    def add_seeds(self, alpha: float, n: int) -> "Needs":
+        self.seeds[float(alpha)] = max(self.seeds.get(float(alpha), 0), int(n))
+        return self
+
+
+class TableRun:
+    """One table at one scale: its sweep spec (`spec`, and `s` for the scale), and the calls its
+    module fills it with (`evaluate_row`)."""
+
+    def __init__(self, table: str, scale: str, overrides: list[str], autoattack: str = "run",
+                 sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None):
+        sweeps_dir = Path(sweeps_dir)
+        path = sweeps_dir / f"{table}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"table={table}: no sweep {path}; tables: "
+                              f"{sorted(p.stem for p in sweeps_dir.glob('*.yaml'))} (or all).")
+        self.spec = OmegaConf.load(path)
+        if scale not in self.spec.scales:
+            raise ConfigError(f"scale={scale} is not declared in {path}; use one of {list(self.spec.scales)}.")
+        if autoattack not in AUTOATTACK_MODES:
+            raise ConfigError(f"autoattack={autoattack} is unknown; use one of {list(AUTOATTACK_MODES)}.")
+        self.table, self.scale, self.s, self.autoattack = table, scale, self.spec.scales[scale], autoattack
+        self.base = [f"experiment={self.s.experiment}", *self.s.get("overrides", []), *overrides]
+        self.launcher = list(launcher or [])
+        self.trained: list[str] = []
+
+    @functools.cached_property
+    def module(self) -> ModuleType:
+        name = self.spec.get("module", f"robust_ensembles.paper_tables.{self.table}")
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"sweeps/{self.table}.yaml: module {name} cannot be imported ({e}); "
+                              f"name a module with needs() and fill().") from None
+        missing = [f for f in ("needs", "fill") if not callable(getattr(module, f, None))]
+        if missing:
+            raise ConfigError(f"table module {name} lacks {missing}: a table module defines needs(t) and fill(t).")
+        return module
+
+    @functools.cached_property
+    def evaluate_base(self) -> list[str]:
+        """The overrides every evaluation of this table starts from."""
+        return [*self.base, *self.spec.get("evaluation", []), *self.s.get("evaluate_overrides", [])]
+
+    @functools.cached_property
+    def evaluate_cfg(self) -> DictConfig:
+        """The evaluate config every row starts from (its PGD, checks.max_gap, logger), composed once."""
+        return compose_config("evaluate", self.evaluate_base)
+
+    @property
+    def max_gap(self) -> float:
+        """PGD minus AutoAttack above this is flagged."""
+        return float(self.evaluate_cfg.checks.max_gap)
+
+    # ------------------------------------------------------------------ what the table needs
+    def needs(self) -> Needs:
+        """The module's needs, with every composite's backbones added to the seeds."""
+        needs = self.module.needs(self)
+        for option in needs.composites:
+            comp = compose_config("finetune", [*self.base, f"composite={option}"]).composite
+            for part in (comp.robust, comp.natural):
+                needs.add_seeds(part.alpha, int(part.seed) + 1)
+        return needs
+
+    def missing(self) -> tuple[list[tuple[float, int]], list[str]]:
+        needs = self.needs()
+        jobs = [(a, seed) for a, k in sorted(needs.seeds.items()) for seed in range(k)
+                if not training_run(compose_config("train", [*self.base, f"alpha={a}", f"seed={seed}"])).complete]
+        comps = []
+        for option in sorted(set(needs.composites)):
+            cfg = compose_config("finetune", [*self.base, f"composite={option}"])
+            try:
+                if not composite_run(cfg, cfg.composite)[0].complete:
+                    comps.append(option)
+            except ConfigError:  # its backbones are not trained yet
+                comps.append(option)
+        return jobs, comps
+
+    # ------------------------------------------------------------------ running
+    def multirun(self, module: str, overrides: list[str]) -> None:
+        cmd = [sys.executable, "-m", module, "-m", *self.base, *self.launcher, *overrides]
+        log.info("running: %s", " ".join(cmd))
+        rc = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
+        if rc != 0:
+            raise JobsFailedError(f"{module} multirun failed (exit {rc}; its failed jobs are reported above); "
+                                  f"fix them and rerun the target: finished jobs are kept.")
+
+    def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
+        """Train these (alpha, seed) jobs and composites; returns what was trained."""
+        trained = []
+        by_alpha: dict[float, list[int]] = {}
+        for a, seed in jobs:
+            by_alpha.setdefault(a, []).append(seed)
+        by_seeds: dict[tuple, list[float]] = {}  # one multirun per distinct seed list: alphas x seeds
+        for a, seeds in by_alpha.items():
+            by_seeds.setdefault(tuple(seeds), []).append(a)
+        for seeds, alphas in by_seeds.items():
+            self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
+                                                     "seed=" + ",".join(map(str, seeds))])
+            trained += [f"alpha={a} seed={s}" for a in alphas for s in seeds]
+        if comps:
+            self.multirun("robust_ensembles.finetune", ["composite=" + ",".join(comps)])
+            trained += [f"composite={c}" for c in comps]
+        return trained
+
+    def train_missing(self) -> None:
+        self.trained += self.train(*self.missing())
+
+    def estimate(self) -> str:
+        """Missing jobs, and their cost from the throughput measured by stored jobs of the same setup."""
+        jobs, comps = self.missing()
+        cfg = compose_config("train", self.base)
+        ident = training_identity(cfg)
+        done = [r.metrics() for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})]
+        seconds = [m["n_train"] * (m["last_epoch"] + 1) / m["train_images_per_s"] for m in done
+                   if m.get("train_images_per_s")]
+        head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
+        if not seconds:
+            return f"{head}; no job of this setup has run yet, so no measured throughput to estimate from."
+        hours = len(jobs) * statistics.median(seconds) / 3600
+        return (f"{head}; about {hours:.2f} device-hours of training at the median measured "
+                f"{statistics.median(seconds) / 60:.1f} min per job ({len(seconds)} stored jobs of this setup).")
+
+    def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
+        """One evaluation (reused from the store when it exists), with the table's AutoAttack column."""
+        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
+               f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
+              if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
+        return evaluate(compose_config("evaluate", [*self.evaluate_base, *aa, *overrides]))
+
+    def fill(self):
+        return self.module.fill(self)
+
+
+def train_union(runs: list[TableRun]) -> list[str]:
+    """Train what any of the tables lacks, each model once (one Hydra multirun per seed list)."""
+    jobs, comps = set(), set()
+    for t in runs:
+        j, c = t.missing()
+        jobs.update(j)
+        comps.update(c)
+    return runs[0].train(sorted(jobs), sorted(comps))
+
+
+def tables_in(sweeps_dir: str | Path) -> list[str]:
+    return sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml"))
+
+
+def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", estimate: bool = False,
+        sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None) -> list[dict]:
+    """Fill `table` (or every table in sweeps_dir for `all`); returns the reports' paths per table."""
+    names = tables_in(sweeps_dir) if table == "all" else [table]
+    runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher) for name in names]
+    if estimate:
+        for t in runs:
+            print(f"{t.table} ({scale}): {t.estimate()}")
+        if len(runs) > 1:  # tables share models: the union is what `all` trains
+            missing = [t.missing() for t in runs]
+            print(f"all ({scale}): {len(set().union(*(set(j) for j, _ in missing)))} distinct training jobs and "
+                  f"{len(set().union(*(set(c) for _, c in missing)))} composites missing")
+        return []
+    start = time.perf_counter()
+    if len(runs) > 1:
+        trained = train_union(runs)
+        print(f"all tables: trained this run: {len(trained)} ({', '.join(trained) or 'nothing'}); "
+              f"wall {time.perf_counter() - start:.0f} s", flush=True)
+    written = []
+    for t in runs:
+        t_start = time.perf_counter()
+        t.train_missing()
+        paths = write_reports(t, t.fill(), time.perf_counter() - t_start)
+        print(paths["md"].read_text())
+        print(f"{t.table}: trained this run: {len(t.trained)} ({', '.join(t.trained) or 'nothing'}); "
+              f"wall {time.perf_counter() - t_start:.0f} s; reports: {', '.join(str(p) for p in paths.values())}",
+              flush=True)
+        written.append(paths)
+    print(f"done: {', '.join(names)} in {time.perf_counter() - start:.0f} s", flush=True)
+    return written

@@ -1,0 +1,178 @@
+"""Robustness records of one evaluated model (a single model, a K-ensemble, composites), attacked
+as one model: its accuracy-vs-eps curve and its AutoAttack column, each a store record.
+
+* `evaluate(cfg)`: the curve of the model `cfg` selects (`members.build`), computed or reused from
+  the store, with its AutoAttack record when `evaluation.autoattack.eps` is set.
+* `curve_record`: record kind `curve`: every radius of `evaluation.eps_grid`; per point the smallest
+  radius that flipped it (`per_point.min_flip`, null = never) and, with per_eps, its outcome at each
+  radius (`per_point.correct_at`, one "0/1" string per point).
+* `autoattack_record`: record kind `autoattack`: standard AutoAttack and the evaluation PGD on the
+  same first n points at one eps, with each point's outcome under each attack.
+
+Each kind has a semantics version below: bump it when a change alters what a stored record means,
+and every older record is reported stale and recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robust_ensembles import checks, jobs, members, store, tracking
+from robust_ensembles.curves import Curve, EnsembleEvaluation, plot_curves
+from robust_ensembles.ensembles import Ensemble
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.identity import check
+
+log = logging.getLogger(__name__)
+
+CURVE, AUTOATTACK = "curve", "autoattack"
+VERSIONS = {CURVE: 1, AUTOATTACK: 1}
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The curve record of the configured model, with its AutoAttack record under "autoattack"
+    when `evaluation.autoattack.eps` is set (None when it is pending)."""
+    check(cfg)
+    attack = instantiate(cfg.evaluation.attack)
+    model, runs, label = members.build(cfg)
+    result = curve_record(cfg, model, runs, label, attack)
+    if cfg.evaluation.autoattack.eps is not None:
+        result["autoattack"] = autoattack_record(cfg, model, runs, label, attack)
+    return result
+
+
+def test_points(cfg: DictConfig) -> dict:
+    """Which points an evaluation attacks (split and subset): part of every record's spec."""
+    return {"split": cfg.evaluation.split, **{k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
+
+
+def curve_spec(cfg: DictConfig, model: Ensemble, runs: list[store.Run]) -> dict:
+    return {"members": [r.key for r in runs], "weights": model.weights.tolist(),
+            "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
+            "evaluation": {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items()
+                           if k not in ("autoattack", "force")},
+            "check": cfg.check, "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None,
+            "seed": cfg.seed, "test": test_points(cfg)}
+
+
+def _stored(cfg: DictConfig, kind: str, spec: dict) -> dict | None:
+    return None if cfg.evaluation.force else store.get_record(cfg.store.root, kind, spec, VERSIONS[kind])
+
+
+def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label: str, attack) -> dict:
+    """The curve record of `model` (computed, or reused from the store)."""
+    spec = curve_spec(cfg, model, runs)
+    stored = _stored(cfg, CURVE, spec)
+    if stored is not None:
+        log.info("[store] skip evaluation %s: %s", label, store.record_path(cfg.store.root, CURVE, spec))
+        return stored
+    path = store.record_path(cfg.store.root, CURVE, spec)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(path.with_suffix(""))
+    trainer, logger = jobs.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)
+    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
+    module = EnsembleEvaluation(model, attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
+    with jobs.tracked():
+        start = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        device = trainer.strategy.root_device  # teardown has moved the module back to the CPU; this is where it ran
+        curve: Curve = module.curve
+        payload = {
+            "label": label, "alpha": cfg.alpha, "K": len(runs), "weights": model.weights.tolist(),
+            "members": [{"key": r.key, "seed": r.identity["seed"], "backbones": r.identity.get("backbones")} for r in runs],
+            "attack": repr(attack), "curve": curve.to_dict(), "n": curve.n,
+            "auc": {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
+            "per_point": per_point(module),
+            "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": store.git_commit(),
+            "device": device_name(device), "precision": cfg.evaluation.precision,
+        }
+        if cfg.check:
+            x, y = first_points(datamodule, cfg.evaluation.split, min(cfg.checks.n, curve.n), device)
+            found = checks.run_checks(model.to(device).eval(), curve, attack, instantiate(cfg.checks.autoattack),
+                                      instantiate(cfg.checks.square), x, y, cfg.checks.eps, cfg.checks.large_eps,
+                                      cfg.checks.large_eps_max_acc, cfg.checks.max_gap, cfg.evaluation.batch_size)
+            payload["checks"] = checks.as_dicts(found)
+            payload["checks_passed"] = checks.passed(found)
+        payload["wall_s"] = time.perf_counter() - start
+        record = store.put_record(cfg.store.root, CURVE, spec, VERSIONS[CURVE], payload)
+        png = path.with_suffix(".png")
+        plot_curves({label: curve}, png, f"{label} ({cfg.name}, n={curve.n}, PGD({attack.settings()}))")
+        summary = {f"eval/acc@{e:g}": a for e, a in zip(curve.eps, curve.cumulative)}
+        summary[f"eval/auc@{cfg.evaluation.auc_eps:g}"] = record["auc"][f"{cfg.evaluation.auc_eps:g}"]
+        tracking.log_evaluation(logger, label, curve, summary, png)
+    log.info("[store] evaluated %s -> %s", label, path)
+    print(format_curve(record), flush=True)
+    return record
+
+
+def per_point(module: EnsembleEvaluation) -> dict:
+    out = {"min_flip": [None if math.isinf(v) else v for v in module.min_flip.tolist()]}
+    if module.correct_at is not None:
+        out["correct_at"] = ["".join("1" if c else "0" for c in row) for row in module.correct_at.tolist()]
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def first_points(datamodule, split: str, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n points of a split (the same points the curve starts with), as floats in [0, 1]."""
+    datamodule.setup("test")
+    x, y = datamodule.splits[split][list(range(min(n, len(datamodule.splits[split]))))]
+    return x.to(device).float() / 255, y.to(device)
+
+
+def autoattack_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label: str, attack) -> dict | None:
+    """Standard AutoAttack and the evaluation PGD on the same first n points at one eps: one store
+    record per (model, points, eps, attacks), so tables that share a row attack it once. With
+    `evaluation.autoattack.compute=false` only a stored record is used (None when there is none):
+    the column can be computed elsewhere, e.g. on a GPU node sharing the store."""
+    aa_cfg = cfg.evaluation.autoattack
+    autoattack = instantiate(cfg.checks.autoattack)
+    spec = {"members": [r.key for r in runs], "weights": model.weights.tolist(), "combine": cfg.ensemble.combine,
+            "eps": float(aa_cfg.eps), "n": int(aa_cfg.n), "test": test_points(cfg),
+            "autoattack": {"norm": autoattack.norm, "version": autoattack.version, "attacks": autoattack.attacks,
+                           "seed": autoattack.seed},
+            "pgd": {k: v for k, v in OmegaConf.to_container(cfg.evaluation.attack, resolve=True).items() if k != "key"}}
+    path = store.record_path(cfg.store.root, AUTOATTACK, spec)
+    stored = _stored(cfg, AUTOATTACK, spec)
+    if stored is not None:
+        log.info("[store] skip AutoAttack %s at eps=%g: %s", label, aa_cfg.eps, path)
+        return stored
+    if not aa_cfg.compute:
+        log.info("[store] AutoAttack %s at eps=%g not in the store (%s); evaluation.autoattack.compute=false, "
+                 "so it stays pending", label, aa_cfg.eps, path)
+        return None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    jobs.seed(cfg)
+    datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split,
+                             device_resident=False)
+    x, y = first_points(datamodule, cfg.evaluation.split, aa_cfg.n, device)
+    if len(y) < aa_cfg.n:
+        raise ConfigError(f"evaluation.autoattack.n={aa_cfg.n} but the {cfg.evaluation.split} split has only "
+                          f"{len(y)} points; lower evaluation.autoattack.n or raise data.test_subset.")
+    log.info("AutoAttack (%s) on %s: %d points at eps=%g on %s", autoattack.version, label, len(y), aa_cfg.eps, device)
+    start = time.perf_counter()
+    payload = checks.autoattack_vs_pgd(model.to(device).eval(), attack, autoattack, x, y, float(aa_cfg.eps),
+                                       cfg.evaluation.batch_size)
+    payload.update(label=label, wall_s=time.perf_counter() - start, git_commit=store.git_commit(),
+                   device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads())
+    record = store.put_record(cfg.store.root, AUTOATTACK, spec, VERSIONS[AUTOATTACK], payload)
+    log.info("[store] AutoAttack %s: %.2f%% (PGD on the same points %.2f%%) in %.0f s -> %s", label,
+             100 * record["autoattack_acc"], 100 * record["pgd_acc"], record["wall_s"], path)
+    return record
+
+
+def format_curve(record: dict) -> str:
+    c = record["curve"]
+    rows = [f"{record['label']}  n={c['n']}  AUC({k})={v:.4f}" for k, v in record["auc"].items()]
+    rows += [f"  eps={e:<5g} acc={100 * a:6.2f}% +- {100 * s:.2f}" + (f"  (per-eps {100 * p:6.2f}%)" if c["per_eps"] else "")
+             for e, a, s, p in zip(c["eps"], c["cumulative"], c["stderr"], c["per_eps"] or c["cumulative"])]
+    return "\n".join(rows)

@@ -1,0 +1,91 @@
+"""Every entry point, run as a user runs it (`python -m ...`): bad input is one line and status 2,
+and a multirun with a failing job finishes the others and ends with a one-line summary."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from robust_ensembles.cli import EXIT_USER_ERROR
+from tests.conftest import TINY, run_module
+
+# one bad input per entry point, as a user types it: (module and overrides, what the one line must say)
+BAD_INPUTS = [
+    (["robust_ensembles.train", "alpha=-0.1", *TINY[:4]], "alpha=-0.1 must be a number >= 0"),
+    (["robust_ensembles.evaluate", "alpha=0.1", "K=999", *TINY[:4]], "K=999 needs 999 trained members"),
+    (["robust_ensembles.finetune", "composite.robust.alpha=0.3", *TINY[:4]],
+     "composite.robust: no trained backbone at alpha=0.3"),
+    (["robust_ensembles.tables", "table=tabel1", "scale=tiny"], "table=tabel1: no sweep"),
+    (["robust_ensembles.bench", "bench.mode=gpu_epoch"], "bench.mode=gpu_epoch measures a GPU"),
+]
+
+
+def _run(args, tmp_path, env=None):
+    return run_module([*args, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], env_extra=env)
+
+
+def _one_error_line(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bad_input_is_one_line_and_status_2_from_every_entry_point(tmp_path):
+    with ThreadPoolExecutor(2) as pool:  # two interpreters at a time on two cores
+        results = list(pool.map(lambda i: _run(BAD_INPUTS[i][0], tmp_path / str(i)), range(len(BAD_INPUTS))))
+    for (args, message), out in zip(BAD_INPUTS, results):
+        errors = _one_error_line(out.stderr)
+        assert out.returncode == EXIT_USER_ERROR, (args, out.stderr[-2000:])
+        assert len(errors) == 1 and message in errors[0], (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stdout + out.stderr and "Error executing job" not in out.stderr, args
+
+
+@pytest.mark.parametrize("task,overrides,message", [
+    ("train", ["alpha=abc"], "alpha='abc' must be a number >= 0"),
+    ("train", ["alpha=0.1", "data=cifar10_jpeg", "data.root=/nonexistent/cifar.tar.gz"],
+     "CIFAR-10 not found: /nonexistent/cifar.tar.gz does not exist"),
+    ("train", ["alpha=0.1", "data=cifar10_jpeg", "data.root={corrupt}"], "is corrupt"),
+    ("evaluate", ["K=0"], "K=0 must be an integer >= 1"),
+    ("finetune", ["composite.eps=-0.4"], "composite.eps=-0.4 must be a number >= 0"),
+])
+def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overrides, message):
+    """The entry points' task functions, wrapped as `cli.main` wraps them, on more bad inputs."""
+    from robust_ensembles import cli
+    from robust_ensembles.evaluate import evaluate
+    from robust_ensembles.finetune import finetune
+    from robust_ensembles.train import train
+    from tests.conftest import compose_train
+
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"not an archive")
+    overrides = [o.format(corrupt=corrupt) for o in overrides]
+    config = "evaluate" if task == "evaluate" else task
+    cfg = compose_train([*TINY, *overrides], tmp_path, config_name=config)
+    fn = {"train": train, "evaluate": evaluate, "finetune": finetune}[task]
+    with pytest.raises(SystemExit) as exit_:
+        cli.reporting_user_errors(fn)(cfg)
+    assert exit_.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert _one_error_line(err) == err.strip().splitlines()[-1:] and message in err
+
+
+def test_hydra_full_error_still_shows_the_traceback(tmp_path):
+    out = _run(["robust_ensembles.train", "alpha=-0.1", *TINY[:4]], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr and "alpha=-0.1 must be a number >= 0" in out.stderr
+
+
+def test_a_multirun_with_a_failing_job_finishes_the_others_and_says_which_failed(tmp_path):
+    out = _run(["robust_ensembles.train", "-m", "alpha=-1,0.1,0.2", *TINY], tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log[-3000:]
+    assert log.count("error: alpha=-1 must be a number >= 0") == 1
+    summary = [line for line in out.stderr.splitlines() if "job(s) of this multirun failed" in line]
+    assert len(summary) == 1 and summary[0].startswith("error: 1 job(s)") and "alpha=-1" in summary[0]
+    assert len(list((tmp_path / "store").glob("*/COMPLETE"))) == 2  # the jobs after the failing one ran
+    assert "Traceback" not in log
+
+
+def test_the_table_command_follows_hydra_conventions(tmp_path):
+    out = run_module(["robust_ensembles.tables", "table=table2_size", "scale=tiny", f"paths.root_dir={tmp_path}",
+                      "--cfg", "job"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "table: table2_size" in out.stdout and "evaluation:" in out.stdout and "sweeps_dir:" in out.stdout
