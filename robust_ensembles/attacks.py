@@ -212,12 +212,16 @@ class AutoAttack:
     NORMS = {"l2": "L2", "linf": "Linf"}
 
     def __init__(self, eps: float, norm: str, version: str, attacks: list[str] | None, seed: int,
-                 batch_size: int, key: str = "autoattack"):
+                 batch_size: int, key: str = "autoattack", square_queries: int | None = None):
         if norm not in self.NORMS:
             raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
         if version == "custom" and not attacks:
             raise ConfigError(f"{key}.version=custom needs {key}.attacks, e.g. [apgd-ce, square].")
-        self.key, self.norm, self.version = key, norm, version
+        if square_queries is not None and (version != "custom" or isinstance(square_queries, bool)
+                                           or not isinstance(square_queries, int) or square_queries < 1):
+            raise ConfigError(f"{key}.square_queries={square_queries!r} must be null (AutoAttack's 5000) or, with "
+                              f"{key}.version=custom, a positive integer.")
+        self.key, self.norm, self.version, self.square_queries = key, norm, version, square_queries
         self.attacks = list(attacks) if attacks else None
         self.seed, self.batch_size = seed, batch_size
         self.eps = check_eps(eps, key)
@@ -233,5 +237,7 @@ class AutoAttack:
         with eval_mode(model):
             adversary = _AutoAttack(model, eps=eps, norm=self.NORMS[self.norm], version=self.version,
                                     attacks=self.attacks, seed=self.seed, device=x.device)
+            if self.square_queries is not None:
+                adversary.square.n_queries = self.square_queries
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
         return x_adv.detach()

@@ -102,14 +102,20 @@ class Report:
         return "\n".join(lines + [""] + [f"- {n}" for n in self.notes])
 
 
-def bench_ratios(cfg: DictConfig, device: torch.device) -> Report:
+def batch_model_optimizer(cfg: DictConfig, device: torch.device):
+    """A seeded random batch (bench.batch_size, bench.image_size), the bench's model and its SGD optimizer."""
     b = cfg.bench
-    rep = Report()
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.rand(b.batch_size, 3, b.image_size, b.image_size, generator=g).to(device)
     y = torch.randint(0, cfg.data.num_classes, (b.batch_size,), generator=g).to(device)
     model = instantiate(cfg.model).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=b.lr, momentum=b.momentum)
+    return x, y, model, torch.optim.SGD(model.parameters(), lr=b.lr, momentum=b.momentum)
+
+
+def bench_ratios(cfg: DictConfig, device: torch.device) -> Report:
+    b = cfg.bench
+    rep = Report()
+    x, y, model, opt = batch_model_optimizer(cfg, device)
     run = lambda fns: interleaved(fns, b.repeats, b.warmup, b.inner, device)
 
     def train_step(inputs_fn):
@@ -251,6 +257,42 @@ def bench_gpu_epoch(cfg: DictConfig, device: torch.device) -> Report:
     return rep
 
 
+def bench_profile(cfg: DictConfig, device: torch.device) -> Report:
+    """Where a PGD training step's time goes (`make profile`; docs/performance.md): torch.profiler self
+    time of a clean training step and of the PGD-k attack alone, on the bench's model and batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b, p = cfg.bench, cfg.bench.profile
+    rep = Report()
+    x, y, model, opt = batch_model_optimizer(cfg, device)
+    k = max(b.steps)
+    attack = PGD(eps=b.eps, norm="l2", steps=k, rel_step_size=b.rel_step_size, random_start=True)
+
+    def clean():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    ms = {}
+    for name, fn in {"clean training step": clean, f"PGD-{k} attack only": lambda: attack(model, x, y)}.items():
+        for _ in range(b.warmup):
+            fn()
+        with profile(activities=activities) as prof:
+            for _ in range(p.calls):
+                fn()
+            sync(device)
+        ms[name] = sum(e.self_cpu_time_total for e in prof.key_averages()) / p.calls / 1000
+        rep.notes.append(f"{name}: {ms[name]:.1f} ms per call (profiled self CPU time, {p.calls} calls)\n\n```\n"
+                         + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=p.row_limit,
+                                                     max_name_column_width=40) + "```")
+    attack_ms, clean_ms = ms[f"PGD-{k} attack only"], ms["clean training step"]
+    rep.add(f"profile: PGD-{k} attack / clean step", (attack_ms / clean_ms,) * 3)
+    rep.add("profile: one attack step / clean step", (attack_ms / k / clean_ms,) * 3,
+            "floor model assumes 2/3 = 0.667")
+    return rep
+
+
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     b = cfg.bench.gpu_epoch if cfg.bench.mode == "gpu_epoch" else cfg.bench
@@ -271,8 +313,10 @@ def bench(cfg: DictConfig) -> Report:
             raise ConfigError("bench.mode=gpu_epoch measures a GPU; no CUDA device is visible "
                               "(bench.allow_cpu=true runs its logic on the CPU at small sizes).")
         rep = bench_gpu_epoch(cfg, device)
+    elif cfg.bench.mode == "profile":
+        rep = bench_profile(cfg, device)
     else:
-        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios or gpu_epoch.")
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch or profile.")
     text = f"{header(cfg, device)}\n\n{rep.markdown()}\n"
     print(text, flush=True)
     if cfg.bench.output:

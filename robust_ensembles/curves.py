@@ -68,7 +68,7 @@ class Curve:
         for e, a in zip(self.eps, values):
             if math.isclose(e, eps):
                 return a
-        raise ConfigError(f"eps={eps} is not on the evaluated grid {self.eps}.")
+        raise ConfigError(f"eps={eps} is not on the evaluated grid {self.eps}; add it to evaluation.eps_grid.")
 
     def auc(self, eps_t: float) -> float:
         return auc(self.eps, self.cumulative, eps_t)

@@ -45,3 +45,14 @@ def run_module(args: list[str], env_extra: dict | None = None, timeout: int = 30
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def clean_test_accuracy(model, cfg) -> float:
+    """A stored model's clean accuracy on cfg's test split, computed independently of the trainer."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    dm.setup("test")
+    x, y = dm.splits["test"][list(range(len(dm.splits["test"])))]
+    with torch.no_grad():
+        return (model.eval()(x.float() / 255).argmax(1) == y).float().mean().item()

@@ -52,6 +52,14 @@ def test_gpu_epoch_logic_runs_on_the_cpu_at_small_size(tmp_path):
     assert rep.rows[0][0].startswith("PGD-7 epoch / clean epoch") and rep.rows[0][1] > 1
 
 
+def test_profile_mode_reports_where_the_time_goes(tmp_path):
+    rep = bench(compose_bench(tmp_path, "bench.mode=profile", "bench.profile.calls=1", "bench.profile.row_limit=3"))
+    names = [r[0] for r in rep.rows]
+    assert names == ["profile: PGD-2 attack / clean step", "profile: one attack step / clean step"]
+    assert rep.rows[0][1] == pytest.approx(2 * rep.rows[1][1]) and rep.rows[0][1] > 0
+    assert len(rep.notes) == 2 and all("Self CPU" in n for n in rep.notes)
+
+
 def test_gpu_epoch_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device is visible"):

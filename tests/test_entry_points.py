@@ -22,17 +22,35 @@ BAD_INPUTS = [
 
 
 def _run(args, tmp_path, env=None):
-    return run_module([*args, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], env_extra=env)
+    overrides, flags = (args[:args.index("--cfg")], args[args.index("--cfg"):]) if "--cfg" in args else (args, [])
+    return run_module([*overrides, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", *flags],
+                      env_extra=env)
 
 
 def _one_error_line(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_bad_input_is_one_line_and_status_2_from_every_entry_point(tmp_path):
-    with ThreadPoolExecutor(2) as pool:  # two interpreters at a time on two cores
-        results = list(pool.map(lambda i: _run(BAD_INPUTS[i][0], tmp_path / str(i)), range(len(BAD_INPUTS))))
-    for (args, message), out in zip(BAD_INPUTS, results):
+# every interpreter these tests start (about 7 s each, mostly imports), run two at a time on two cores
+RUNS = {
+    **{f"bad{i}": (args, None) for i, (args, _) in enumerate(BAD_INPUTS)},
+    "full_error": (["robust_ensembles.train", "alpha=-0.1", *TINY[:4]], {"HYDRA_FULL_ERROR": "1"}),
+    "multirun": (["robust_ensembles.train", "-m", "alpha=-1,0.1,0.2", *TINY], None),
+    "cfg_job": (["robust_ensembles.tables", "table=table2_size", "scale=tiny", "--cfg", "job"], None),
+}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    root = tmp_path_factory.mktemp("entry_points")
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(_run, args, root / name, env) for name, (args, env) in RUNS.items()}
+        return {name: (f.result(), root / name) for name, f in futures.items()}
+
+
+def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
+    for i, (args, message) in enumerate(BAD_INPUTS):
+        out, _ = ran[f"bad{i}"]
         errors = _one_error_line(out.stderr)
         assert out.returncode == EXIT_USER_ERROR, (args, out.stderr[-2000:])
         assert len(errors) == 1 and message in errors[0], (args, out.stderr[-2000:])
@@ -68,24 +86,23 @@ def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overr
     assert _one_error_line(err) == err.strip().splitlines()[-1:] and message in err
 
 
-def test_hydra_full_error_still_shows_the_traceback(tmp_path):
-    out = _run(["robust_ensembles.train", "alpha=-0.1", *TINY[:4]], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+def test_hydra_full_error_still_shows_the_traceback(ran):
+    out, _ = ran["full_error"]
     assert out.returncode != 0 and "Traceback" in out.stderr and "alpha=-0.1 must be a number >= 0" in out.stderr
 
 
-def test_a_multirun_with_a_failing_job_finishes_the_others_and_says_which_failed(tmp_path):
-    out = _run(["robust_ensembles.train", "-m", "alpha=-1,0.1,0.2", *TINY], tmp_path)
+def test_a_multirun_with_a_failing_job_finishes_the_others_and_says_which_failed(ran):
+    out, root = ran["multirun"]
     log = out.stdout + out.stderr
     assert out.returncode == 1, log[-3000:]
     assert log.count("error: alpha=-1 must be a number >= 0") == 1
     summary = [line for line in out.stderr.splitlines() if "job(s) of this multirun failed" in line]
     assert len(summary) == 1 and summary[0].startswith("error: 1 job(s)") and "alpha=-1" in summary[0]
-    assert len(list((tmp_path / "store").glob("*/COMPLETE"))) == 2  # the jobs after the failing one ran
+    assert len(list((root / "store").glob("*/COMPLETE"))) == 2  # the jobs after the failing one ran
     assert "Traceback" not in log
 
 
-def test_the_table_command_follows_hydra_conventions(tmp_path):
-    out = run_module(["robust_ensembles.tables", "table=table2_size", "scale=tiny", f"paths.root_dir={tmp_path}",
-                      "--cfg", "job"])
+def test_the_table_command_follows_hydra_conventions(ran):
+    out, _ = ran["cfg_job"]
     assert out.returncode == 0, out.stderr[-2000:]
     assert "table: table2_size" in out.stdout and "evaluation:" in out.stdout and "sweeps_dir:" in out.stdout

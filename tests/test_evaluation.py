@@ -94,11 +94,19 @@ def test_evaluate_refuses_weights_off_the_simplex(trained_store, tmp_path):
         evaluate(eval_cfg(tmp_path, trained_store, "K=2", "ensemble.weights=[0.9,0.2]"))
 
 
-def test_check_mode_reports_every_check(trained_store, tmp_path, capsys):
-    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=16", "checks.eps=0.25",
-                          "evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8"))
+CHEAP_AUTOATTACK = ["checks.autoattack.version=custom", "checks.autoattack.attacks=[apgd-ce]",
+                    "checks.square.square_queries=50"]
+
+
+@pytest.mark.parametrize("autoattack", [
+    pytest.param([], marks=pytest.mark.slow, id="standard"),  # standard AutoAttack: about 2 minutes here
+    pytest.param(CHEAP_AUTOATTACK, id="apgd-ce"),
+])
+def test_check_mode_reports_every_check(trained_store, tmp_path, capsys, autoattack):
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "check=true", "checks.n=8", "checks.eps=0.25",
+                          "evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8", *autoattack))
     aa = r["autoattack"]
-    assert aa["n"] == 8 and aa["eps"] == 0.25 and aa["autoattack"] == "standard"
+    assert aa["n"] == 8 and aa["eps"] == 0.25 and aa["autoattack"] == ("custom" if autoattack else "standard")
     assert aa["autoattack_acc"] == sum(aa["autoattack_correct"]) / 8 and aa["pgd_acc"] == sum(aa["pgd_correct"]) / 8
     names = [c["name"] for c in r["checks"]]
     assert names == ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
@@ -113,3 +121,23 @@ def test_evaluation_on_the_validation_split(trained_store, tmp_path):
     assert r["n"] == 32  # data.val_size of the synthetic preset, not the 64 test images
     t = evaluate(eval_cfg(tmp_path, trained_store, "K=1"))
     assert t["n"] == 64
+
+
+def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_path, monkeypatch):
+    """On a GPU `trainer.precision` is bf16-mixed for training; the evaluation runs at
+    `evaluation.precision` (fp32 by default) all the same, and records it."""
+    from robust_ensembles.curves import EnsembleEvaluation
+
+    over = [*TINY, "alpha=0.1", "seed=0", "trainer.precision=bf16-mixed"]
+    train(compose_train(over, tmp_path))
+    autocast = []
+    step = EnsembleEvaluation.test_step
+    monkeypatch.setattr(EnsembleEvaluation, "test_step",
+                        lambda self, *a: (autocast.append(torch.is_autocast_enabled("cpu")), step(self, *a))[1])
+    fp32 = evaluate(compose_train([*over, "K=1", "evaluation.eps_grid=[0,0.5]"], tmp_path, config_name="evaluate"))
+    assert fp32["precision"] == "32-true" and fp32["spec"]["evaluation"]["precision"] == "32-true"
+    assert autocast and not any(autocast)  # no bf16 autocast while attacking
+    autocast.clear()
+    bf16 = evaluate(compose_train([*over, "K=1", "evaluation.eps_grid=[0,0.5]", "evaluation.precision=bf16-mixed"],
+                                  tmp_path, config_name="evaluate"))
+    assert all(autocast) and bf16["key"] != fp32["key"]  # the precision is part of the record's key

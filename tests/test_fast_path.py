@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
 
 from robust_ensembles.adversarial_training import AdversarialTraining, compiled
 from tests.conftest import compose_train
@@ -43,9 +42,11 @@ def test_compile_falls_back_to_eager(monkeypatch):
 def test_compiled_model_is_not_saved_twice(tmp_path):
     cfg = compose_train(["model=cnn", "model.width=4"], tmp_path)
     from hydra.utils import instantiate
-    m = AdversarialTraining(model=instantiate(cfg.model), attack=instantiate(cfg.attack),
-                            eval_attack=instantiate(cfg.eval_attack), optimizer=None, scheduler=None,
-                            test_eps=[0.25], train_nat_metrics=False, channels_last=True)
-    keys = m.state_dict().keys()
-    assert all(k.startswith(("model.", "acc.")) for k in keys)
-    assert OmegaConf.select(cfg, "module.compile") is False
+    model = instantiate(cfg.model)
+    m = AdversarialTraining(model=model, attack=instantiate(cfg.attack), eval_attack=instantiate(cfg.eval_attack),
+                            optimizer=None, scheduler=None, test_eps=[0.25], train_nat_metrics=False,
+                            channels_last=True, compile=True)
+    assert m.forward_model is not m.model and isinstance(m.forward_model, torch._dynamo.eval_frame.OptimizedModule)
+    keys = list(m.state_dict())
+    assert not any("_orig_mod" in k or k.startswith("forward_model") for k in keys)  # the compiled wrapper is not saved
+    assert sorted(k for k in keys if k.startswith("model.")) == sorted(f"model.{k}" for k in model.state_dict())

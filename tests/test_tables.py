@@ -3,7 +3,9 @@ tables (the paper's three, and a new table module written in the test)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import subprocess
 import textwrap
 
@@ -83,25 +85,53 @@ def test_tables_declare_what_they_need(tmp_path):
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
     t1 = TableRun("table1", "cpu", over)
     needs = t1.needs()  # the rows, the alpha candidates, and the composites' backbones
-    assert needs.seeds == {0.0: 1, 0.05: 1, 0.25: 4, 0.3: 1, 0.4: 1, 0.5: 1}
+    assert needs.seeds == {0.0: 1, 0.05: 1, 0.2: 4, 0.25: 4, 0.3: 4, 0.4: 1, 0.5: 1}
     assert needs.composites == ["paper", "paper_b"]
     assert TableRun("table2_size", "paper", over).needs().seeds == {0.5: 16}
     eq = TableRun("table2_equivalence", "cpu", over).needs().seeds
     assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
     jobs, comps = t1.missing()
-    assert len(jobs) == 9 and comps == ["paper", "paper_b"]
+    assert len(jobs) == 16 and comps == ["paper", "paper_b"]
 
 
-def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(tmp_path, capsys):
+def in_process(monkeypatch) -> list:
+    """The driver's training multiruns, run in this process (the subprocess itself is exercised by
+    test_a_new_table_is_a_sweep_and_a_module and the train tests); returns what the driver asked for."""
+    from robust_ensembles.finetune import finetune
+    from robust_ensembles.train import train
+
+    calls = []
+
+    def multirun(self, module, overrides):
+        calls.append((module, overrides))
+        o = dict(x.split("=", 1) for x in overrides)
+        if module == "robust_ensembles.train":
+            for a in o["alpha"].split(","):
+                for seed in o["seed"].split(","):
+                    train(driver.compose_config("train", [*self.base, f"alpha={a}", f"seed={seed}"]))
+        else:
+            for c in o["composite"].split(","):
+                finetune(driver.compose_config("finetune", [*self.base, f"composite={c}"]))
+
+    monkeypatch.setattr(TableRun, "multirun", multirun)
+    return calls
+
+
+def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(tmp_path, capsys, monkeypatch):
     """`all` trains the three tables' union once; the AutoAttack column can come later from the store,
     each distinct model attacked once however many tables show it; a rerun trains and attacks nothing."""
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    multiruns = in_process(monkeypatch)
     reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "records" / "autoattack"
     tables = ["table1", "table2_size", "table2_equivalence"]
 
     driver.run("all", "tiny", over, autoattack="stored")
     out = capsys.readouterr().out
-    assert "all tables: trained this run: 10 (" in out  # 8 models + 2 composites, each once
+    assert "all tables: trained this run: 12 (" in out  # 10 models + 2 composites, each once
+    assert multiruns == [  # one multirun per seed list, then the composites
+        ("robust_ensembles.train", ["alpha=0.0,0.05", "seed=0"]),
+        ("robust_ensembles.train", ["alpha=0.25,0.3,0.4,0.5", "seed=0,1"]),
+        ("robust_ensembles.finetune", ["composite=paper,paper_b"])]
     for t in tables:
         assert f"{t}: trained this run: 0 (nothing)" in out
         md = (reports / f"{t}.md").read_text()
@@ -111,14 +141,19 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out
     assert "all tables: trained this run: 0 (nothing)" in out
-    # 10 table rows, 3 of them the same model at the same eps on the same points: 7 AutoAttack records
-    assert len(list(records.glob("*.json"))) == 7
+    # 10 table rows, 3 or 5 of them the same model at the same eps on the same points (5 when Table 1 chose
+    # alpha=0.25, Table 2 right's first row): 7 or 9 AutoAttack records; every curve record shared the same way
+    chosen = re.search(r"alpha=(\S+) chosen on the validation split", (reports / "table1.md").read_text()).group(1)
+    shared = 7 if chosen == "0.25" else 9
+    assert len(list(records.glob("*.json"))) == shared
+    splits = [json.loads(p.read_text())["spec"]["test"]["split"] for p in (records.parent / "curve").glob("*.json")]
+    assert splits.count("test") == shared and 2 <= splits.count("val") <= 4  # + choosing alpha
     md = {t: (reports / f"{t}.md").read_text() for t in tables}
     for t in tables:
         assert "pending" not in md[t] and "AA eps=0.5" in md[t] and "records computed on cpu (" in md[t]
         for ext in ("csv", "tex", "png"):
             assert (reports / f"{t}.{ext}").is_file()
-    for label in ["Natural model", "Robust model eps=0.25", "Robust model eps=0.5", "2-Robust eps=0.25",
+    for label in ["Natural model", f"Robust model eps={chosen}", "Robust model eps=0.5", f"2-Robust eps={chosen}",
                   "1-composite (0.4, 0.05)", "2X 1-composite weighted average", "AUC(0.5)"]:
         assert label in md["table1"]
     assert "single-robust-equivalent eps" in md["table2_equivalence"]
@@ -126,6 +161,11 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     for t in ("table2_size", "table2_equivalence"):
         assert "| seeds |" in md[t].splitlines()[2] and "| 0,1 |" in md[t]  # the 2-model rows' seeds
     assert "PGD(eps=" not in md["table1"] and "PGD(norm=l2, steps=2," in md["table1"]  # radius is per call
+    # one evaluation per model: the single model at 0.5 reads the same in Table 1 and in Table 2 left (K=1)
+    t1_row = next(r for r in (reports / "table1.csv").read_text().splitlines() if r.startswith("Robust model eps=0.5"))
+    t2_row = next(r for r in (reports / "table2_size.csv").read_text().splitlines() if r.startswith("1,"))
+    t1, t2 = t1_row.split(","), t2_row.split(",")
+    assert (t1[1], t1[4], t1[6], t1[7]) == (t2[1], t2[2], t2[3], t2[4])  # natural, eps=0.5, AA, PGD on the AA points
 
     stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
     driver.run("all", "tiny", over, autoattack="stored")
@@ -171,7 +211,6 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
         caption: "K-ensembles at alpha=0.25"
         module: k_table
         target_eps: 0.25
-        evaluation: ["evaluation.eps_grid=[0,0.25]", "evaluation.auc_eps=0.25"]
         scales:
           tiny: {experiment: tiny, alpha: 0.25, K_values: [1, 2], autoattack_n: 8,
                  evaluate_overrides: [evaluation.attack.steps=2]}
@@ -192,3 +231,34 @@ def test_an_unknown_table_or_scale_is_named(tmp_path):
         TableRun("tabel1", "cpu", [])
     with pytest.raises(ConfigError, match="scale=huge is not declared"):
         TableRun("table1", "huge", [])
+
+
+def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_path, monkeypatch):
+    """The smallest candidate whose ensemble matches the single model at the target eps, judged on the
+    validation split only, and every validation evaluation comes before any test-set evaluation."""
+    from robust_ensembles.curves import Curve
+    from robust_ensembles.paper_tables import table1
+
+    val_acc = {0.5: 0.40, 0.25: 0.38, 0.3: 0.41, 0.4: 0.45}  # at eps 0.5 on validation: 0.3 is the first to match
+    calls = []
+
+    def fake_row(overrides, autoattack=True):
+        o = dict(x.split("=", 1) for x in overrides)
+        split = o.get("evaluation.split", "test")
+        calls.append((split, o.get("alpha"), o.get("K")))
+        acc = val_acc[float(o["alpha"])] if split == "val" else 0.3
+        curve = Curve([0.0, 0.22, 0.35, 0.5], [0.8, 0.6, 0.5, acc], None, 32)
+        return {"curve": curve.to_dict(), "n": 32, "members": [{"seed": 0}]}
+
+    t = TableRun("table1", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], "off")
+    monkeypatch.setattr(t, "evaluate_row", fake_row)
+    filled = table1.fill(t)
+    first_test = next(i for i, c in enumerate(calls) if c[0] == "test")
+    assert all(c[0] == "val" for c in calls[:first_test]) and all(c[0] == "test" for c in calls[first_test:])
+    assert calls[:first_test] == [("val", "0.5", "1"), ("val", "0.25", "2"), ("val", "0.3", "2")]  # stops at the match
+    labels = [r["model"] for r in filled.rows]
+    assert "Robust model eps=0.3" in labels and "2-Robust eps=0.3" in labels
+    assert filled.notes[0].startswith("alpha=0.3 chosen on the validation split among [0.25, 0.3, 0.4]")
+    with pytest.raises(Exception, match="at least three alphas"):
+        monkeypatch.setattr(t.s, "alpha_candidates", [0.25, 0.3])
+        table1.fill(t)

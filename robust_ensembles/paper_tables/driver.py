@@ -9,6 +9,7 @@ Overrides reach every train, finetune and evaluate call; `hydra/launcher=...` an
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import logging
@@ -26,11 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
 from robust_ensembles.errors import ConfigError, UserError
-from robust_ensembles.identity import composite_run, training_identity, training_run
+from robust_ensembles.identity import composite_run, training_identity, training_run, with_radius
 from robust_ensembles.paper_tables.reports import write_reports
 from robust_ensembles.robustness import evaluate
 
 log = logging.getLogger(__name__)
+ROW_CONFIG = "tables"  # conf/tables.yaml: the evaluate config with the tables' shared evaluation settings
 AUTOATTACK_MODES = ("run", "stored", "off")  # compute missing AutoAttack records | use stored ones only | no column
 
 
@@ -38,13 +40,21 @@ class JobsFailedError(UserError):
     """A training multirun ended with failed jobs (each already reported); finished jobs are kept."""
 
 
+_COMPOSED: dict[tuple, DictConfig] = {}
+
+
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """conf/<config_name>.yaml with overrides (inside a running Hydra app, or outside one)."""
+    """conf/<config_name>.yaml with overrides (inside a running Hydra app, or outside one); a table
+    composes the same configs many times, so each is composed once per process and handed out as a copy."""
     overrides = [o for o in overrides if not o.startswith("hydra")]
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name, overrides=overrides)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose(config_name, overrides=overrides)
+    key = (config_name, tuple(overrides))
+    if key not in _COMPOSED:
+        if GlobalHydra.instance().is_initialized():
+            _COMPOSED[key] = compose(config_name, overrides=overrides)
+        else:
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+                _COMPOSED[key] = compose(config_name, overrides=overrides)
+    return copy.deepcopy(_COMPOSED[key])
 
 
 @dataclass
@@ -94,13 +104,13 @@ class TableRun:
 
     @functools.cached_property
     def evaluate_base(self) -> list[str]:
-        """The overrides every evaluation of this table starts from."""
-        return [*self.base, *self.spec.get("evaluation", []), *self.s.get("evaluate_overrides", [])]
+        """The overrides every evaluation of this table starts from (conf/tables.yaml, then the sweep's)."""
+        return [*self.base, f"table={self.table}", f"scale={self.scale}", *self.s.get("evaluate_overrides", [])]
 
     @functools.cached_property
     def evaluate_cfg(self) -> DictConfig:
-        """The evaluate config every row starts from (its PGD, checks.max_gap, logger), composed once."""
-        return compose_config("evaluate", self.evaluate_base)
+        """The config every row starts from (its attack, grid, checks.max_gap, logger), composed once."""
+        return compose_config(ROW_CONFIG, self.evaluate_base)
 
     @property
     def max_gap(self) -> float:
@@ -119,8 +129,9 @@ class TableRun:
 
     def missing(self) -> tuple[list[tuple[float, int]], list[str]]:
         needs = self.needs()
+        train_cfg = compose_config("train", self.base)
         jobs = [(a, seed) for a, k in sorted(needs.seeds.items()) for seed in range(k)
-                if not training_run(compose_config("train", [*self.base, f"alpha={a}", f"seed={seed}"])).complete]
+                if not training_run(with_radius(train_cfg, a, seed)).complete]
         comps = []
         for option in sorted(set(needs.composites)):
             cfg = compose_config("finetune", [*self.base, f"composite={option}"])
@@ -181,7 +192,7 @@ class TableRun:
         aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
-        return evaluate(compose_config("evaluate", [*self.evaluate_base, *aa, *overrides]))
+        return evaluate(compose_config(ROW_CONFIG, [*self.evaluate_base, *aa, *overrides]))
 
     def fill(self):
         return self.module.fill(self)

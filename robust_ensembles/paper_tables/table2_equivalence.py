@@ -49,18 +49,16 @@ def needs(t: TableRun) -> Needs:
 def fill(t: TableRun) -> Filled:
     grid = sorted(float(e) for e in t.s.single_grid)
     target = float(t.spec.target_eps)
-    row_grid = sorted({0.0, *grid, target})  # the grid, and the AUC at the target eps
-    eval_grid = f"evaluation.eps_grid=[{','.join(f'{e:g}' for e in row_grid)}]"
     single, singles, reference = [], [], None
-    for e in grid:  # each single model at its own training eps only; AutoAttack for the one at the target
-        r = t.evaluate_row([f"alpha={e}", "K=1", f"evaluation.eps_grid=[0,{e:g}]", f"evaluation.auc_eps={e:g}"],
-                           autoattack=(e == target))
+    for e in grid:  # each single model read at its own training eps, on the same grid and attacks as the
+        # ensembles (every radius up to e attacked); AutoAttack for the one at the target
+        r = t.evaluate_row([f"alpha={e}", "K=1"], autoattack=(e == target))
         singles.append(r)
         single.append(curve_of(r).at(e))
         reference = r.get("autoattack") if e == target else reference
     rows, curves, records = [], {}, []
     for alpha in t.s.alphas:
-        r = t.evaluate_row([f"alpha={alpha}", f"K={t.s.K}", eval_grid])
+        r = t.evaluate_row([f"alpha={alpha}", f"K={t.s.K}"])
         records.append(r)
         c = curve_of(r)
         value, text = equivalent_eps(grid, [c.at(e) for e in grid], single)
@@ -70,8 +68,8 @@ def fill(t: TableRun) -> Filled:
                      "seeds": seeds_of(r)})
         curves[f"{t.s.K}x alpha={alpha}"] = c
     n = singles[-1]["n"]
-    notes = [f"single models trained at eps in {grid} (seed {seeds_of(singles[0])}), each evaluated at its own eps "
-             f"(n = {n}): " + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
+    notes = [f"single models trained at eps in {grid} (seed {seeds_of(singles[0])}), each attacked on the same grid as "
+             f"the ensembles and read at its own eps (n = {n}): " + ", ".join(f"{e:g}: {100 * a:.2f}%" for e, a in zip(grid, single))]
     points = {"single model trained at e, attacked at e": [(e, a, standard_error(a, n)) for e, a in zip(grid, single)]}
     if reference:
         notes.append(f"under AutoAttack at eps={target:g} on the same {reference['n']} points, the single model trained "
