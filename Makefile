@@ -29,10 +29,10 @@ train-paper:  ## paper scale (GPU): ResNet18 at alpha 0.22 and 0.5, 8 seeds each
 	$(PYTHON) -m robust_ensembles.train -m experiment=paper alpha=0.22,0.5 'seed=range(8)' $(ARGS)
 
 tables:  ## all three paper tables: trains their union first, then fills each (SCALE=cpu|paper, ARGS=hydra overrides)
-	$(PYTHON) -m robust_ensembles.tables table=all scale=$(SCALE) autoattack=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
+	$(PYTHON) -m robust_ensembles.tables table=all scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
 
 table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only; AUTOATTACK=run|stored|off)
-	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
+	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
 
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)

@@ -2,24 +2,25 @@
 
     python -m robust_ensembles.tables table=table1 scale=cpu
     python -m robust_ensembles.tables table=all scale=cpu estimate=true      # what is missing, and its cost
-    python -m robust_ensembles.tables table=all scale=paper autoattack=stored hydra/launcher=slurm
+    python -m robust_ensembles.tables table=all scale=paper autoattack_column=stored hydra/launcher=slurm
     python -m robust_ensembles.tables table=table1 scale=tiny --cfg job      # the composed config
 
-Every other override (e.g. `paths.store_dir=...`, `evaluation.batch_size=100`) reaches each train,
-finetune and evaluate call of the table; `hydra/launcher=...` and `hydra.launcher.*` reach the
-training multiruns. The tables are declared in sweeps/<table>.yaml with a module each
+Every other override reaches each call it applies to: all of them every row's evaluation (e.g.
+`evaluation.batch_size=100`), those the training config knows every train and finetune job too
+(e.g. `paths.store_dir=...`); `hydra/launcher=...` and `hydra.launcher.*` reach the training multiruns. The tables are declared in sweeps/<table>.yaml with a module each
 (`robust_ensembles.paper_tables`); `make table1 SCALE=cpu` etc. call this command.
 """
 
 from __future__ import annotations
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import cli
+from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables import driver
 
-OWN_KEYS = ("table", "scale", "autoattack", "estimate", "sweeps_dir")  # this command's; not passed on to jobs
+OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir")  # this command's; not passed on
 LAUNCHER = ("hydra/launcher", "hydra.launcher")
 
 
@@ -28,10 +29,12 @@ def _key(override: str) -> str:
 
 
 def tables(cfg: DictConfig) -> list[dict]:
+    if OmegaConf.is_missing(cfg, "table"):
+        raise ConfigError(f"table is not set; name one: table=<one of {driver.tables_in(cfg.sweeps_dir)}> or table=all.")
     overrides = HydraConfig.get().overrides
     jobs = [o for o in overrides.task if _key(o) not in OWN_KEYS]
     launcher = [o for o in overrides.hydra if _key(o).startswith(LAUNCHER)]
-    return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack), bool(cfg.estimate),
+    return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), bool(cfg.estimate),
                       cfg.sweeps_dir, launcher)
 
 

@@ -56,8 +56,10 @@ def test_profile_mode_reports_where_the_time_goes(tmp_path):
     rep = bench(compose_bench(tmp_path, "bench.mode=profile", "bench.profile.calls=1", "bench.profile.row_limit=3"))
     names = [r[0] for r in rep.rows]
     assert names == ["profile: PGD-2 attack / clean step", "profile: one attack step / clean step"]
-    assert rep.rows[0][1] == pytest.approx(2 * rep.rows[1][1]) and rep.rows[0][1] > 0
-    assert len(rep.notes) == 2 and all("Self CPU" in n for n in rep.notes)
+    assert rep.rows[0][1] > 0
+    clean, attack = rep.notes
+    assert clean.startswith("clean training step") and attack.startswith("PGD-2 attack only")
+    assert "aten::" in clean and "aten::" in attack and "Self CPU" in attack  # the profiler's op tables
 
 
 def test_gpu_epoch_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):

@@ -3,10 +3,14 @@ and a multirun with a failing job finishes the others and ends with a one-line s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from robust_ensembles import PROJECT_ROOT
 from robust_ensembles.cli import EXIT_USER_ERROR
 from tests.conftest import TINY, run_module
 
@@ -17,11 +21,16 @@ BAD_INPUTS = [
     (["robust_ensembles.finetune", "composite.robust.alpha=0.3", *TINY[:4]],
      "composite.robust: no trained backbone at alpha=0.3"),
     (["robust_ensembles.tables", "table=tabel1", "scale=tiny"], "table=tabel1: no sweep"),
+    (["robust_ensembles.tables", "scale=tiny"], "table is not set; name one: table=<one of ['table1',"),
     (["robust_ensembles.bench", "bench.mode=gpu_epoch"], "bench.mode=gpu_epoch measures a GPU"),
 ]
 
 
 def _run(args, tmp_path, env=None):
+    if args[0] == "make":  # a Makefile target, as a user types it, its ARGS last
+        return subprocess.run([*args[:-1], f"{args[-1]} paths.root_dir={tmp_path} paths.store_dir={tmp_path}/store",
+                               f"PYTHON={sys.executable}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
     overrides, flags = (args[:args.index("--cfg")], args[args.index("--cfg"):]) if "--cfg" in args else (args, [])
     return run_module([*overrides, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", *flags],
                       env_extra=env)
@@ -37,6 +46,9 @@ RUNS = {
     "full_error": (["robust_ensembles.train", "alpha=-0.1", *TINY[:4]], {"HYDRA_FULL_ERROR": "1"}),
     "multirun": (["robust_ensembles.train", "-m", "alpha=-1,0.1,0.2", *TINY], None),
     "cfg_job": (["robust_ensembles.tables", "table=table2_size", "scale=tiny", "--cfg", "job"], None),
+    # every Makefile variable, and an override only the evaluation knows (it must not reach training)
+    "make": (["make", "table2-size", "SCALE=tiny", "ESTIMATE=1", "AUTOATTACK=stored", "ARGS=evaluation.batch_size=100"],
+             None),
 }
 
 
@@ -106,3 +118,9 @@ def test_the_table_command_follows_hydra_conventions(ran):
     out, _ = ran["cfg_job"]
     assert out.returncode == 0, out.stderr[-2000:]
     assert "table: table2_size" in out.stdout and "evaluation:" in out.stdout and "sweeps_dir:" in out.stdout
+
+
+def test_a_makefile_table_target_runs_with_all_its_variables(ran):
+    out, _ = ran["make"]
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "table2_size (tiny): 2 training jobs and 0 composites missing" in out.stdout

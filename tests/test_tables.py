@@ -74,11 +74,11 @@ def test_make_dry_run_shows_the_table_command(target, table):
     out = subprocess.run(["make", "-n", target, "SCALE=paper", "ESTIMATE=1", "ARGS=hydra/launcher=gpus"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode == 0
-    assert (f"-m robust_ensembles.tables table={table} scale=paper autoattack=run estimate=true hydra/launcher=gpus"
+    assert (f"-m robust_ensembles.tables table={table} scale=paper autoattack_column=run estimate=true hydra/launcher=gpus"
             in out.stdout)
     tables = subprocess.run(["make", "-n", "tables", "AUTOATTACK=stored"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True).stdout
-    assert "-m robust_ensembles.tables table=all scale=cpu autoattack=stored" in tables
+    assert "-m robust_ensembles.tables table=all scale=cpu autoattack_column=stored" in tables
 
 
 def test_tables_declare_what_they_need(tmp_path):
@@ -215,14 +215,16 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
           tiny: {experiment: tiny, alpha: 0.25, K_values: [1, 2], autoattack_n: 8,
                  evaluate_overrides: [evaluation.attack.steps=2]}
     '''))
-    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    # an override only the evaluation knows reaches the rows, not the training multirun
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "evaluation.batch_size=16"]
     driver.run("k_table", "tiny", over, autoattack="off", sweeps_dir=sweeps)
     assert "k_table: trained this run: 2 (alpha=0.25 seed=0, alpha=0.25 seed=1)" in capsys.readouterr().out
     md = (tmp_path / "reports" / "tiny" / "k_table.md").read_text()
     assert "**K-ensembles at alpha=0.25**" in md and "| K | natural | eps=0.25 |" in md
     assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| 1") or line.startswith("| 2")] == ["| 1", "| 2"]
     assert "2 rows from a table module written in a test" in md and "AutoAttack column: not computed" in md
-    assert len(list((tmp_path / "store" / "records" / "curve").glob("*.json"))) == 2
+    records = [json.loads(p.read_text()) for p in (tmp_path / "store" / "records" / "curve").glob("*.json")]
+    assert len(records) == 2 and all(r["spec"]["evaluation"]["batch_size"] == 16 for r in records)
 
 
 def test_an_unknown_table_or_scale_is_named(tmp_path):

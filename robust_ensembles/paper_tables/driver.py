@@ -23,6 +23,7 @@ from types import ModuleType
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
@@ -49,12 +50,27 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     overrides = [o for o in overrides if not o.startswith("hydra")]
     key = (config_name, tuple(overrides))
     if key not in _COMPOSED:
-        if GlobalHydra.instance().is_initialized():
-            _COMPOSED[key] = compose(config_name, overrides=overrides)
-        else:
-            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        try:
+            if GlobalHydra.instance().is_initialized():
                 _COMPOSED[key] = compose(config_name, overrides=overrides)
+            else:
+                with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+                    _COMPOSED[key] = compose(config_name, overrides=overrides)
+        except HydraException as e:
+            raise ConfigError(f"conf/{config_name}.yaml with {overrides}: {' '.join(str(e).split())}") from None
     return copy.deepcopy(_COMPOSED[key])
+
+
+def training_overrides(base: list[str], overrides: list[str]) -> list[str]:
+    """The overrides the training config knows (the rest, e.g. `evaluation.*` or `K=`, are for rows only)."""
+    known = []
+    for o in overrides:
+        try:
+            compose_config("train", [*base, o])
+        except ConfigError:
+            continue
+        known.append(o)
+    return known
 
 
 @dataclass
@@ -83,9 +99,12 @@ class TableRun:
         if scale not in self.spec.scales:
             raise ConfigError(f"scale={scale} is not declared in {path}; use one of {list(self.spec.scales)}.")
         if autoattack not in AUTOATTACK_MODES:
-            raise ConfigError(f"autoattack={autoattack} is unknown; use one of {list(AUTOATTACK_MODES)}.")
+            raise ConfigError(f"autoattack_column={autoattack} is unknown; use one of {list(AUTOATTACK_MODES)}.")
         self.table, self.scale, self.s, self.autoattack = table, scale, self.spec.scales[scale], autoattack
-        self.base = [f"experiment={self.s.experiment}", *self.s.get("overrides", []), *overrides]
+        scale_base = [f"experiment={self.s.experiment}", *self.s.get("overrides", [])]
+        self.base = [*scale_base, *training_overrides(scale_base, overrides)]  # every train and finetune job
+        self.row_base = [*scale_base, f"table={table}", f"scale={scale}", *self.s.get("evaluate_overrides", []),
+                         *overrides]  # every row's evaluation: the user's overrides last
         self.launcher = list(launcher or [])
         self.trained: list[str] = []
 
@@ -103,14 +122,9 @@ class TableRun:
         return module
 
     @functools.cached_property
-    def evaluate_base(self) -> list[str]:
-        """The overrides every evaluation of this table starts from (conf/tables.yaml, then the sweep's)."""
-        return [*self.base, f"table={self.table}", f"scale={self.scale}", *self.s.get("evaluate_overrides", [])]
-
-    @functools.cached_property
     def evaluate_cfg(self) -> DictConfig:
         """The config every row starts from (its attack, grid, checks.max_gap, logger), composed once."""
-        return compose_config(ROW_CONFIG, self.evaluate_base)
+        return compose_config(ROW_CONFIG, self.row_base)
 
     @property
     def max_gap(self) -> float:
@@ -192,20 +206,27 @@ class TableRun:
         aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
-        return evaluate(compose_config(ROW_CONFIG, [*self.evaluate_base, *aa, *overrides]))
+        return evaluate(compose_config(ROW_CONFIG, [*self.row_base, *aa, *overrides]))
 
     def fill(self):
         return self.module.fill(self)
 
 
 def train_union(runs: list[TableRun]) -> list[str]:
-    """Train what any of the tables lacks, each model once (one Hydra multirun per seed list)."""
-    jobs, comps = set(), set()
+    """Train what any of the tables lacks, each model once (one Hydra multirun per seed list and
+    training setup: tables that share a setup share their models)."""
+    by_setup: dict[tuple, list[TableRun]] = {}
     for t in runs:
-        j, c = t.missing()
-        jobs.update(j)
-        comps.update(c)
-    return runs[0].train(sorted(jobs), sorted(comps))
+        by_setup.setdefault(tuple(t.base), []).append(t)
+    trained = []
+    for same in by_setup.values():
+        jobs, comps = set(), set()
+        for t in same:
+            j, c = t.missing()
+            jobs.update(j)
+            comps.update(c)
+        trained += same[0].train(sorted(jobs), sorted(comps))
+    return trained
 
 
 def tables_in(sweeps_dir: str | Path) -> list[str]:

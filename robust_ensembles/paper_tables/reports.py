@@ -51,7 +51,7 @@ def row_cells(t: TableRun, record: dict, columns_eps: list[float]) -> dict:
         cells[f"AUC({t.spec.auc_eps:g})"] = f"{c.auc(t.spec.auc_eps):.3f}"
     if "autoattack" in record:
         aa, eps = record["autoattack"], f"{t.spec.target_eps:g}"
-        if aa is None:  # autoattack=stored, and no stored record yet
+        if aa is None:  # autoattack_column=stored, and no stored record yet
             cells[f"AA eps={eps}"] = cells[f"PGD eps={eps} (AA points)"] = "pending"
         else:
             gap = aa["pgd_acc"] - aa["autoattack_acc"]
@@ -109,7 +109,7 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
 
 def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
     if t.autoattack == "off":
-        return ["AutoAttack column: not computed (autoattack=off)"]
+        return ["AutoAttack column: not computed (autoattack_column=off)"]
     if not recs:
         return ["AutoAttack column: pending (no stored record; run the target with AUTOATTACK=run)"]
     seconds: dict[str, float] = {}  # device -> wall time of the records computed there

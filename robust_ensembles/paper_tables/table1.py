@@ -56,6 +56,9 @@ def choice_note(t: TableRun, alpha: float) -> str:
 
 
 def fill(t: TableRun) -> Filled:
+    if any(row.get("alpha") == CHOSEN for row in t.s.rows) and not t.s.get("alpha_candidates"):
+        raise ConfigError(f"sweeps/{t.table}.yaml scale {t.scale}: a row has alpha: {CHOSEN} but the scale lists no "
+                          f"alpha_candidates; list at least three, or give the row an alpha.")
     alpha, notes = choose_alpha(t) if t.s.get("alpha_candidates") else (None, [])
     if alpha is not None:
         notes.insert(0, choice_note(t, alpha))
@@ -63,6 +66,8 @@ def fill(t: TableRun) -> Filled:
     for row in t.s.rows:
         a = alpha if row.get("alpha") == CHOSEN else row.get("alpha")
         over = [f"members={row.get('members', 'seeds')}"] + ([f"alpha={a}", f"K={row.K}"] if a is not None else [])
+        if row.get("members") == "composite":  # the one composite this row shows, as needs() trained it
+            over.append(f"composite={row.composites[0]}")
         record = t.evaluate_row(over)
         records.append(record)
         label = row.label.format(alpha=a, K=row.get("K"))
