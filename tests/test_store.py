@@ -71,13 +71,13 @@ WRITER = """
 import sys, torch
 from pathlib import Path
 from robust_ensembles import store
-from robust_ensembles.jobs import AtomicCheckpointIO
 root, kind = Path(sys.argv[1]), sys.argv[2]
 big = list(range(3_000_000))  # slow enough to kill mid-write
 while True:
     if kind == "record":
         store.put_record(root, "curve", {"model": "m"}, 1, {"acc": 0.5, "per_point": big})
     else:
+        from robust_ensembles.jobs import AtomicCheckpointIO
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
 """
 

@@ -91,6 +91,7 @@ def test_a_failing_job_finishes_its_wandb_run_with_exit_code_1(tiny_cfg, monkeyp
     assert codes == [1]
 
 
+@pytest.mark.slow  # fast coverage: the skip in test_train_writes_a_complete_entry..., multiruns in test_entry_points
 def test_multirun_writes_four_entries_and_a_rerun_skips_them(tmp_path):
     args = ["robust_ensembles.train", "-m", *TINY, "alpha=0,0.1", "seed=0,1",
             f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
