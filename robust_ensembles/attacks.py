@@ -212,16 +212,19 @@ class AutoAttack:
     NORMS = {"l2": "L2", "linf": "Linf"}
 
     def __init__(self, eps: float, norm: str, version: str, attacks: list[str] | None, seed: int,
-                 batch_size: int, key: str = "autoattack", square_queries: int | None = None):
+                 batch_size: int, key: str = "autoattack", square_queries: int | None = None,
+                 apgd_iterations: int | None = None):
         if norm not in self.NORMS:
             raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
         if version == "custom" and not attacks:
             raise ConfigError(f"{key}.version=custom needs {key}.attacks, e.g. [apgd-ce, square].")
-        if square_queries is not None and (version != "custom" or isinstance(square_queries, bool)
-                                           or not isinstance(square_queries, int) or square_queries < 1):
-            raise ConfigError(f"{key}.square_queries={square_queries!r} must be null (AutoAttack's 5000) or, with "
-                              f"{key}.version=custom, a positive integer.")
-        self.key, self.norm, self.version, self.square_queries = key, norm, version, square_queries
+        for name, value, default in (("square_queries", square_queries, 5000), ("apgd_iterations", apgd_iterations, 100)):
+            if value is not None and (version != "custom" or isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{key}.{name}={value!r} must be null (AutoAttack's {default}) or, with "
+                                  f"{key}.version=custom, a positive integer.")
+        self.key, self.norm, self.version = key, norm, version
+        self.square_queries, self.apgd_iterations = square_queries, apgd_iterations
         self.attacks = list(attacks) if attacks else None
         self.seed, self.batch_size = seed, batch_size
         self.eps = check_eps(eps, key)
@@ -239,5 +242,7 @@ class AutoAttack:
                                     attacks=self.attacks, seed=self.seed, device=x.device)
             if self.square_queries is not None:
                 adversary.square.n_queries = self.square_queries
+            if self.apgd_iterations is not None:
+                adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = self.apgd_iterations
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
         return x_adv.detach()

@@ -139,7 +139,8 @@ def autoattack_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], l
     spec = {"members": [r.key for r in runs], "weights": model.weights.tolist(), "combine": cfg.ensemble.combine,
             "eps": float(aa_cfg.eps), "n": int(aa_cfg.n), "test": test_points(cfg),
             "autoattack": {"norm": autoattack.norm, "version": autoattack.version, "attacks": autoattack.attacks,
-                           "seed": autoattack.seed, "square_queries": autoattack.square_queries},
+                           "seed": autoattack.seed, "square_queries": autoattack.square_queries,
+                           "apgd_iterations": autoattack.apgd_iterations},
             "pgd": {k: v for k, v in OmegaConf.to_container(cfg.evaluation.attack, resolve=True).items() if k != "key"}}
     path = store.record_path(cfg.store.root, AUTOATTACK, spec)
     stored = _stored(cfg, AUTOATTACK, spec)

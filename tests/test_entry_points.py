@@ -43,10 +43,10 @@ def _one_error_line(stderr: str) -> list[str]:
 RUNS = {
     **{f"bad{i}": (args, None) for i, (args, _) in enumerate(BAD_INPUTS)},
     "multirun": (["robust_ensembles.train", "-m", "alpha=-1,0.1,0.2", *TINY], None),
-    "cfg_job": (["robust_ensembles.tables", "table=table2_size", "scale=tiny", "--cfg", "job"], None),
     # every Makefile variable, and an override only the evaluation knows (it must not reach training)
     "make": (["make", "table2-size", "SCALE=tiny", "ESTIMATE=1", "AUTOATTACK=stored", "ARGS=evaluation.batch_size=100"],
              None),
+    "cfg_job": (["robust_ensembles.tables", "table=table2_size", "scale=tiny", "--cfg", "job"], None),
 }
 
 

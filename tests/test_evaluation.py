@@ -95,7 +95,7 @@ def test_evaluate_refuses_weights_off_the_simplex(trained_store, tmp_path):
 
 
 CHEAP_AUTOATTACK = ["checks.autoattack.version=custom", "checks.autoattack.attacks=[apgd-ce]",
-                    "checks.square.square_queries=50"]
+                    "checks.autoattack.apgd_iterations=10", "checks.square.square_queries=50"]
 
 
 @pytest.mark.parametrize("autoattack", [

@@ -76,9 +76,8 @@ big = list(range(3_000_000))  # slow enough to kill mid-write
 while True:
     if kind == "record":
         store.put_record(root, "curve", {"model": "m"}, 1, {"acc": 0.5, "per_point": big})
-    else:
-        from robust_ensembles.jobs import AtomicCheckpointIO
-        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
+    else:  # what AtomicCheckpointIO.save_checkpoint calls (test_checkpoints_are_saved_through_the_store)
+        store.save_atomic({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
 """
 
 
@@ -90,13 +89,12 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
     import time
 
     from robust_ensembles import PROJECT_ROOT
-    from robust_ensembles.jobs import AtomicCheckpointIO
 
     if kind == "record":
         store.put_record(tmp_path, "curve", {"model": "m"}, 1, {"acc": 0.25})
         target = store.record_path(tmp_path, "curve", {"model": "m"})
     else:
-        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
+        store.save_atomic({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
         target = tmp_path / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), kind], cwd=PROJECT_ROOT)
     deadline = time.time() + 60
@@ -109,3 +107,14 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
         assert store.get_record(tmp_path, "curve", {"model": "m"}, 1)["acc"] == 0.25
     else:
         assert store.load_weights(target)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_checkpoints_are_saved_through_the_store(tiny_cfg, monkeypatch):
+    """Training writes last.ckpt and best.ckpt with AtomicCheckpointIO, i.e. through store.save_atomic."""
+    from robust_ensembles.train import train
+
+    saved = []
+    real = store.save_atomic
+    monkeypatch.setattr(store, "save_atomic", lambda obj, path: (saved.append(path.name), real(obj, path))[1])
+    train(tiny_cfg("alpha=0.1"))
+    assert {"last.ckpt", "best.ckpt", "model.pt", "model_last.pt"} <= set(saved)
