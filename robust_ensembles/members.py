@@ -45,7 +45,8 @@ def seed_ensemble(root, where: Mapping, K: int, seeds: Iterable[int] | None = No
     runs = store.query(root, where, seeds=seeds)
     if len(runs) < K:
         have = [r.identity.get("seed") for r in runs]
-        raise ConfigError(f"K={K} needs {K} trained members matching {dict(where)} in {root}, found {len(runs)} "
+        what = f"alpha={where['alpha']} and this recipe" if "alpha" in where else f"the identity {dict(where)}"
+        raise ConfigError(f"K={K} needs {K} trained members ({what}) in {root}, found {len(runs)} "
                           f"(seeds {have}). Train them first: {train_hint or 'python -m robust_ensembles.train -m'} "
                           f"'seed=range({K})'")
     runs = runs[:K]
