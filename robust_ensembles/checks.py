@@ -26,20 +26,21 @@ class Check:
         return f"[{'PASS' if self.passed else 'FAIL'}] {self.name}: {self.detail}"
 
 
-def accuracy(model, x, y, batch_size: int) -> float:
+def correct(model, x, y, batch_size: int) -> torch.Tensor:
+    """Per point: classified correctly (bool, on the CPU)."""
     with torch.no_grad():
-        return sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                   for i in range(0, len(y), batch_size)) / len(y)
+        return torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                          for i in range(0, len(y), batch_size)])
+
+
+def accuracy(model, x, y, batch_size: int) -> float:
+    return correct(model, x, y, batch_size).float().mean().item()
 
 
 def correct_under(model, attack, x, y, eps, batch_size) -> torch.Tensor:
     """Per point: still classified correctly after `attack` at eps (bool, on the CPU)."""
-    out = []
-    for i in range(0, len(y), batch_size):
-        xa = attack(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps)
-        with torch.no_grad():
-            out.append((model(xa).argmax(1) == y[i:i + batch_size]).cpu())
-    return torch.cat(out)
+    return torch.cat([correct(model, attack(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps),
+                              y[i:i + batch_size], batch_size) for i in range(0, len(y), batch_size)])
 
 
 def attacked_accuracy(model, attack, x, y, eps, batch_size) -> float:
@@ -50,10 +51,7 @@ def autoattack_vs_pgd(model, attack: PGD, autoattack: AutoAttack, x, y, eps: flo
     """PGD and AutoAttack on the same points at eps: accuracies, standard errors and, per point,
     whether it stood (`pgd_correct`, `autoattack_correct`: 0/1 lists in the order of the points)."""
     pgd = correct_under(model, attack, x, y, eps, batch_size)
-    xa = autoattack(model, x, y, eps=eps)
-    with torch.no_grad():
-        aa = torch.cat([(model(xa[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
-                        for i in range(0, len(y), batch_size)])
+    aa = correct(model, autoattack(model, x, y, eps=eps), y, batch_size)
     n, pgd_acc, aa_acc = len(y), pgd.float().mean().item(), aa.float().mean().item()
     return {"eps": eps, "n": n, "pgd_acc": pgd_acc, "pgd_se": standard_error(pgd_acc, n), "autoattack_acc": aa_acc,
             "autoattack_se": standard_error(aa_acc, n), "attack": repr(attack), "autoattack": autoattack.version,

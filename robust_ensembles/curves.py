@@ -99,13 +99,11 @@ class EnsembleEvaluation(pl.LightningModule):
         self.eps = check_grid(eps_grid)
         self.per_eps = per_eps
         self.curve: Curve | None = None
-
         self.min_flip: torch.Tensor | None = None      # (n,) per point, after the test epoch
         self.correct_at: torch.Tensor | None = None    # (n, len(eps)) bool, per_eps=True only
 
     def on_test_epoch_start(self):
         self._min_flip, self._correct = [], []
-        self._per_eps = torch.zeros(len(self.eps), dtype=torch.long)
         self._max_ratio, self._lo, self._hi = 0.0, math.inf, -math.inf
 
     def _predict(self, x):
@@ -117,32 +115,34 @@ class EnsembleEvaluation(pl.LightningModule):
         x, y = batch
         correct = self._predict(x) == y
         min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
-        self._per_eps[0] += correct.sum().item()
-        correct_at = torch.zeros(len(y), len(self.eps), dtype=torch.bool, device=x.device)
-        correct_at[:, 0] = correct
+        if self.per_eps:  # every point attacked at every radius: its outcome at each
+            correct_at = torch.zeros(len(y), len(self.eps), dtype=torch.bool, device=x.device)
+            correct_at[:, 0] = correct
         for i, eps in enumerate(self.eps[1:], start=1):
             todo = torch.ones_like(correct) if self.per_eps else min_flip > self.eps[i - 1]
             if not todo.any():
                 continue
+            rows = todo.nonzero().squeeze(1)
             x_adv = self.attack(self.model, x[todo], y[todo], eps=eps)
             delta = (x_adv - x[todo]).flatten(1)
             size = delta.norm(dim=1) if self.attack.norm == "l2" else delta.abs().amax(1)
             self._max_ratio = max(self._max_ratio, (size.max() / eps).item())
             self._lo, self._hi = min(self._lo, x_adv.min().item()), max(self._hi, x_adv.max().item())
             fooled = self._predict(x_adv) != y[todo]
-            self._per_eps[i] += (~fooled).sum().item()
-            correct_at[todo.nonzero().squeeze(1), i] = ~fooled
-            idx = todo.nonzero().squeeze(1)[fooled]
+            if self.per_eps:
+                correct_at[rows, i] = ~fooled
+            idx = rows[fooled]
             min_flip[idx] = torch.minimum(min_flip[idx], torch.tensor(eps, device=x.device))
         self._min_flip.append(min_flip.cpu())
-        self._correct.append(correct_at.cpu())
+        if self.per_eps:
+            self._correct.append(correct_at.cpu())
 
     def on_test_epoch_end(self):
         min_flip = self.min_flip = torch.cat(self._min_flip)
         self.correct_at = torch.cat(self._correct) if self.per_eps else None
         lo, hi = (self._lo, self._hi) if self._hi > -math.inf else (0.0, 1.0)
-        self.curve = curve_from_min_flip(min_flip, self.eps, self._per_eps if self.per_eps else None,
-                                         self._max_ratio, (lo, hi))
+        per_eps_correct = None if self.correct_at is None else self.correct_at.sum(0)
+        self.curve = curve_from_min_flip(min_flip, self.eps, per_eps_correct, self._max_ratio, (lo, hi))
         self.log_dict({f"test/acc@{e:g}": a for e, a in zip(self.eps, self.curve.cumulative)})
 
 

@@ -70,7 +70,7 @@ def composite_config(cfg: DictConfig, composite: DictConfig) -> DictConfig:
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.composite = composite
-        c.alpha = composite.eps
+        c.alpha = eps
     return c
 
 

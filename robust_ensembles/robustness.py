@@ -68,11 +68,11 @@ def _stored(cfg: DictConfig, kind: str, spec: dict) -> dict | None:
 def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label: str, attack) -> dict:
     """The curve record of `model` (computed, or reused from the store)."""
     spec = curve_spec(cfg, model, runs)
+    path = store.record_path(cfg.store.root, CURVE, spec)
     stored = _stored(cfg, CURVE, spec)
     if stored is not None:
-        log.info("[store] skip evaluation %s: %s", label, store.record_path(cfg.store.root, CURVE, spec))
+        log.info("[store] skip evaluation %s: %s", label, path)
         return stored
-    path = store.record_path(cfg.store.root, CURVE, spec)
     with open_dict(cfg):
         cfg.paths.run_dir = str(path.with_suffix(""))
     trainer, logger = jobs.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)

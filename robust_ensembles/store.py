@@ -262,8 +262,9 @@ def query(root: str | Path, where: Mapping[str, Any], seeds: Iterable[int] | Non
 RECORDS = "records"
 
 
-def record_path(root: str | Path, kind: str, spec: Mapping) -> Path:
-    return Path(root).expanduser() / RECORDS / kind / f"{key_of(spec)}.json"
+def record_path(root: str | Path, kind: str, spec: Mapping, key: str | None = None) -> Path:
+    """Where the record of `kind` for `spec` lives (`key`: key_of(spec), when the caller has it)."""
+    return Path(root).expanduser() / RECORDS / kind / f"{key or key_of(spec)}.json"
 
 
 def get_record(root: str | Path, kind: str, spec: Mapping, version: int) -> dict | None:
@@ -286,9 +287,9 @@ def get_record(root: str | Path, kind: str, spec: Mapping, version: int) -> dict
 
 def put_record(root: str | Path, kind: str, spec: Mapping, version: int, payload: Mapping) -> dict:
     """Write a record atomically; returns it as stored (payload plus kind, version, key, spec)."""
-    path = record_path(root, kind, spec)
-    record = {**payload, "kind": kind, "version": version, "key": key_of(spec), "spec": canonical_json(spec)}
-    write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+    key = key_of(spec)
+    record = {**payload, "kind": kind, "version": version, "key": key, "spec": canonical_json(spec)}
+    write_atomic(record_path(root, kind, spec, key), json.dumps(record, indent=2, sort_keys=True))
     return record
 
 
