@@ -5,7 +5,7 @@ SCALE ?= cpu
 ESTIMATE ?=
 AUTOATTACK ?= run
 
-.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu profile clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks profile clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ table1 table2-size table2-equivalence:  ## one paper table: trains what is missi
 
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
+
+bench-eval-attacks:  ## candidate evaluation attacks vs stored standard AutoAttack records: accuracy gap and cost / PGD-20 (docs/evaluation.md)
+	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/evaluation-bench.md $(ARGS)
 
 profile:  ## where a PGD training step's time goes: torch.profiler tables of a clean step and of the attack (docs/performance.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=profile $(ARGS)

@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from robust_ensembles.attacks import PGD
+from robust_ensembles.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class AdversarialTraining(pl.LightningModule):
         train_nat_metrics: also log accuracy on the clean training batch (one extra forward).
         channels_last: run the model in channels_last memory format.
         compile: run the model through torch.compile (eager if compilation fails).
+        scheduler_interval: "epoch" or "step" (when the scheduler steps); a step-wise scheduler whose
+            `total_steps` is null (OneCycleLR) gets the trainer's number of optimizer steps.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class AdversarialTraining(pl.LightningModule):
         train_nat_metrics: bool,
         channels_last: bool,
         compile: bool = False,
+        scheduler_interval: str = "epoch",
     ):
         super().__init__()
         self.model = model
@@ -69,6 +73,9 @@ class AdversarialTraining(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.test_eps = [eval_attack.check_eps(e) for e in test_eps]
         self.train_nat_metrics = train_nat_metrics
+        if scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(f"module.scheduler_interval={scheduler_interval!r} must be 'epoch' or 'step'.")
+        self.scheduler_interval = scheduler_interval
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # not registered as a submodule: the weights live (and are saved) once, under `model`
@@ -140,5 +147,9 @@ class AdversarialTraining(pl.LightningModule):
         optimizer = self.optimizer_factory(params=[p for p in self.model.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+        extra = {}
+        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 

@@ -17,6 +17,7 @@ is attacked as a whole.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import torch
@@ -159,6 +160,15 @@ class PGD:
     def __repr__(self) -> str:
         return f"PGD(eps={self.eps}, {self.settings()})"
 
+    def name(self) -> str:
+        return f"PGD-{self.steps}"
+
+    def doubled(self) -> "PGD":
+        """The same attack with twice the steps (a sanity check: a converged attack barely moves)."""
+        twice = copy.copy(self)
+        twice.steps = 2 * self.steps
+        return twice
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         """Adversarial examples for `model` at radius `eps` (default: the configured eps)."""
         eps = self.eps if eps is None else self.check_eps(eps)
@@ -245,4 +255,84 @@ class AutoAttack:
             if self.apgd_iterations is not None:
                 adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = self.apgd_iterations
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
+        return x_adv.detach()
+
+
+class APGD:
+    """The strong evaluation attack: per point, the worst case over APGD on the cross-entropy
+    (APGD-CE) and targeted APGD on the DLR margin loss (APGD-T) against the `target_classes` most
+    likely wrong classes, the two white-box attacks that carry standard AutoAttack (Croce & Hein
+    2020). The pyautoattack implementations run here; this class is the glue: it gives them our
+    callable interface (`attack(model, x, y, eps=...)`), eval mode, contiguous inputs, and runs
+    APGD-T only on the points APGD-CE left standing.
+
+    Args:
+        eps: default radius ([0, 1] pixel units; the evaluation gives one per call).
+        norm: "l2" or "linf".
+        steps: APGD-CE iterations (AutoAttack: 100).
+        restarts: APGD-CE random restarts (AutoAttack standard: 1 for L2 with 100 iterations).
+        target_classes: APGD-T target classes, the most likely wrong ones first (AutoAttack: 9;
+            0 = APGD-CE alone).
+        targeted_steps: APGD-T iterations per target class (AutoAttack: 100).
+        rho: APGD's step-size halving threshold (AutoAttack: 0.75).
+        seed: seed of the random starts.
+    """
+
+    NORMS = {"l2": "L2", "linf": "Linf"}
+
+    def __init__(self, eps: float, norm: str, steps: int, restarts: int, target_classes: int,
+                 targeted_steps: int, rho: float, seed: int, key: str = "evaluation.attack"):
+        self.key = key
+        if norm not in self.NORMS:
+            raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
+        for name, value, low in (("steps", steps, 1), ("restarts", restarts, 1), ("target_classes", target_classes, 0),
+                                 ("targeted_steps", targeted_steps, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{key}.{name}={value!r} must be an integer >= {low}.")
+        if not 0 < rho < 1:
+            raise ConfigError(f"{key}.rho={rho!r} must be in (0, 1) (AutoAttack uses 0.75).")
+        self.eps = check_eps(eps, key)
+        self.norm, self.steps, self.restarts = norm, steps, restarts
+        self.target_classes, self.targeted_steps, self.rho, self.seed = target_classes, targeted_steps, rho, seed
+
+    def check_eps(self, eps) -> float:
+        return check_eps(eps, self.key)
+
+    def settings(self) -> str:
+        targeted = (f" + APGD-T {self.targeted_steps} steps x {self.target_classes} targets"
+                    if self.target_classes else "")
+        return f"norm={self.norm}, APGD-CE {self.steps} steps x {self.restarts} restarts{targeted}"
+
+    def __repr__(self) -> str:
+        return f"APGD({self.settings()})"
+
+    def name(self) -> str:
+        return f"APGD-CE-{self.steps}" + (f"+T-{self.targeted_steps}x{self.target_classes}" if self.target_classes else "")
+
+    def doubled(self) -> "APGD":
+        twice = copy.copy(self)
+        twice.steps, twice.targeted_steps = 2 * self.steps, 2 * self.targeted_steps
+        return twice
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+        eps = self.eps if eps is None else self.check_eps(eps)
+        x = x.detach().contiguous()  # pyautoattack calls .view on gradients
+        if eps == 0 or len(y) == 0:
+            return x
+        norm, device = self.NORMS[self.norm], x.device
+        with eval_mode(model):
+            x_adv = APGDAttack(model, n_iter=self.steps, norm=norm, n_restarts=self.restarts, eps=eps,
+                               seed=self.seed, loss="ce", rho=self.rho, device=device).perturb(x, y)
+            if self.target_classes:
+                with torch.no_grad():
+                    standing = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
+                if len(standing):
+                    targets = min(self.target_classes, model(x[:1]).shape[1] - 1)
+                    x_t = APGDAttack_targeted(model, n_iter=self.targeted_steps, norm=norm, eps=eps, seed=self.seed,
+                                              rho=self.rho, n_target_classes=targets, device=device
+                                              ).perturb(x[standing], y[standing])
+                    x_adv = x_adv.clone()
+                    x_adv[standing] = x_t
         return x_adv.detach()

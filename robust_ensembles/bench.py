@@ -11,6 +11,8 @@ Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeat
 
 `bench.mode=gpu_epoch` instead times one paper-scale epoch (ResNet18, PGD-7 at 0.5) and a clean
 epoch on the GPU fast path (data resident on the device, channels_last, bf16 autocast).
+`bench.mode=eval_attacks` compares candidate evaluation attacks with AutoAttack on stored models
+(accuracy gap and curve cost as a ratio to PGD-20; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -294,6 +296,71 @@ def bench_profile(cfg: DictConfig, device: torch.device) -> Report:
     return rep
 
 
+def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
+    """Candidate evaluation attacks on stored models (`make bench-eval-attacks`; docs/evaluation.md).
+
+    For every row (a model of the tables, named by its overrides), on the same first n test points:
+    each contender's curve over the tables' radius grid (only points still standing are attacked at
+    the next radius, as in the tables), timed side by side in one run; its accuracy at eps against the
+    row's standard AutoAttack record (from the store, or computed first with compute_autoattack=true);
+    and its wall time as a ratio to the baseline's (L2 PGD-20, the former evaluation attack)."""
+    from robust_ensembles.curves import attack_grid, check_grid
+    from robust_ensembles.paper_tables.driver import ROW_CONFIG, compose_config
+    from robust_ensembles.robustness import autoattack_record, first_points
+
+    e = cfg.bench.eval_attacks
+    rep = Report()
+    contenders = {"baseline": list(e.baseline), **{k: list(v) for k, v in e.candidates.items()}}
+    lines = ["| row | attack | acc at eps (AA points) | AutoAttack | attack - AA | wall s | / baseline |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    ratios: dict[str, list[float]] = {k: [] for k in e.candidates}
+    gaps: dict[str, list[float]] = {k: [] for k in contenders}
+    for row in e.rows:
+        common = [*e.overrides, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={e.n}",
+                  f"evaluation.autoattack.compute={bool(e.compute_autoattack)}"]
+        base_cfg = compose_config(ROW_CONFIG, common)
+        model, runs, label = members.build(base_cfg)
+        model = model.to(device).eval()
+        aa = autoattack_record(base_cfg, model, runs, label)
+        if aa is None:
+            raise ConfigError(f"bench.eval_attacks: no standard AutoAttack record for {label} at eps={e.eps} on "
+                              f"{e.n} points in the store; run its table with AUTOATTACK=run, or set "
+                              f"bench.eval_attacks.compute_autoattack=true.")
+        theirs = torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
+        datamodule = instantiate(base_cfg.data, eval_batch_size=base_cfg.evaluation.batch_size,
+                                 test_split=base_cfg.evaluation.split, device_resident=False)
+        x, y = first_points(datamodule, base_cfg.evaluation.split, e.n, device)
+        grid = check_grid(base_cfg.evaluation.eps_grid)
+        attacks = {k: instantiate(compose_config(ROW_CONFIG, [*common, *over]).evaluation.attack)
+                   for k, over in contenders.items()}
+        seconds, accs = {}, {}
+        bs = base_cfg.evaluation.batch_size
+        for name, attack in attacks.items():  # one after another on the same points, in one run
+            torch.manual_seed(cfg.seed)
+            t0 = time.perf_counter()
+            flips = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False).min_flip.cpu()
+                               for i in range(0, len(y), bs)])
+            seconds[name] = time.perf_counter() - t0
+            ours = flips > e.eps + 1e-12
+            accs[name] = ours.float().mean().item()
+            gaps[name].append(accs[name] - aa["autoattack_acc"])
+            if name != "baseline":
+                ratios[name].append(seconds[name] / seconds["baseline"])
+            lines.append(f"| {label} | {name}: {attack!r} | {100 * accs[name]:.2f} | {100 * aa['autoattack_acc']:.2f} | "
+                         f"{100 * (accs[name] - aa['autoattack_acc']):+.2f} | {seconds[name]:.0f} | "
+                         f"{seconds[name] / seconds['baseline']:.2f} |")
+            print(lines[-1], flush=True)
+    for name in e.candidates:
+        worst = max(gaps[name])
+        rep.add(f"{name}: time / baseline (median over rows)", (statistics.median(ratios[name]), min(ratios[name]),
+                max(ratios[name])), f"<= {e.max_ratio}; worst gap to AA {100 * worst:+.2f} points "
+                f"(bar <= {100 * e.max_gap:g})", statistics.median(ratios[name]) <= e.max_ratio and worst <= e.max_gap)
+    rep.notes.append(f"per row and attack, on the first {e.n} test points at eps={e.eps} (AutoAttack: the stored "
+                     f"standard record; acc = the attack's curve, every grid radius up to eps):\n\n" + "\n".join(lines))
+    rep.notes.append("baseline gap to AutoAttack per row: " + ", ".join(f"{100 * g:+.2f}" for g in gaps["baseline"]))
+    return rep
+
+
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     b = cfg.bench.gpu_epoch if cfg.bench.mode == "gpu_epoch" else cfg.bench
@@ -316,8 +383,10 @@ def bench(cfg: DictConfig) -> Report:
         rep = bench_gpu_epoch(cfg, device)
     elif cfg.bench.mode == "profile":
         rep = bench_profile(cfg, device)
+    elif cfg.bench.mode == "eval_attacks":
+        rep = bench_eval_attacks(cfg, device)
     else:
-        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch or profile.")
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile or eval_attacks.")
     text = f"{header(cfg, device)}\n\n{rep.markdown()}\n"
     print(text, flush=True)
     if cfg.bench.output:

@@ -21,7 +21,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
-from robust_ensembles.attacks import PGD
+from robust_ensembles.attacks import APGD, PGD
 from robust_ensembles.errors import ConfigError
 
 
@@ -85,14 +85,61 @@ def curve_from_min_flip(min_flip: torch.Tensor, eps: list[float], per_eps_correc
     return Curve(eps, cumulative, per_eps, n, max_norm_ratio, tuple(pixel_range))
 
 
+@dataclass
+class GridAttack:
+    """One batch attacked at every radius of a grid: per point the smallest radius that flipped it
+    (`min_flip`; 0 = wrong on the clean input, inf = never), with per_eps its outcome at each radius
+    (`correct_at`), and the largest perturbation / radius and pixel range seen (sanity checks)."""
+    min_flip: torch.Tensor
+    correct_at: torch.Tensor | None
+    max_norm_ratio: float
+    lo: float
+    hi: float
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                per_eps: bool) -> GridAttack:
+    """per_eps=True attacks every point at every radius; per_eps=False only the points still standing
+    (cumulative outcomes only, cheaper). `eps` starts at 0 (`check_grid`)."""
+    model.eval()
+    correct = predict(model, x) == y
+    min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
+    correct_at = None
+    if per_eps:  # every point attacked at every radius: its outcome at each
+        correct_at = torch.zeros(len(y), len(eps), dtype=torch.bool, device=x.device)
+        correct_at[:, 0] = correct
+    max_ratio, lo, hi = 0.0, math.inf, -math.inf
+    for i, e in enumerate(eps[1:], start=1):
+        todo = torch.ones_like(correct) if per_eps else min_flip > eps[i - 1]
+        if not todo.any():
+            continue
+        rows = todo.nonzero().squeeze(1)
+        x_adv = attack(model, x[todo], y[todo], eps=e)
+        delta = (x_adv - x[todo]).flatten(1)
+        size = delta.norm(dim=1) if attack.norm == "l2" else delta.abs().amax(1)
+        max_ratio = max(max_ratio, (size.max() / e).item())
+        lo, hi = min(lo, x_adv.min().item()), max(hi, x_adv.max().item())
+        fooled = predict(model, x_adv) != y[todo]
+        if per_eps:
+            correct_at[rows, i] = ~fooled
+        idx = rows[fooled]
+        min_flip[idx] = torch.minimum(min_flip[idx], torch.tensor(e, device=x.device))
+    return GridAttack(min_flip, correct_at, max_ratio, lo, hi)
+
+
 class EnsembleEvaluation(pl.LightningModule):
-    """`trainer.test` runs the attack at every radius of the grid; `self.curve` holds the result.
+    """`trainer.test` runs the attack at every radius of the grid (`attack_grid`); `self.curve` holds the result.
 
     per_eps=True attacks every point at every radius (per-eps and cumulative curves);
     per_eps=False attacks only the points still standing (cumulative curve only, cheaper).
     """
 
-    def __init__(self, model: torch.nn.Module, attack: PGD, eps_grid: Sequence[float], per_eps: bool):
+    def __init__(self, model: torch.nn.Module, attack: PGD | APGD, eps_grid: Sequence[float], per_eps: bool):
         super().__init__()
         self.model = model.eval()
         self.attack = attack
@@ -106,36 +153,13 @@ class EnsembleEvaluation(pl.LightningModule):
         self._min_flip, self._correct = [], []
         self._max_ratio, self._lo, self._hi = 0.0, math.inf, -math.inf
 
-    def _predict(self, x):
-        with torch.no_grad():
-            return self.model(x).argmax(1)
-
     def test_step(self, batch, batch_idx):
-        self.model.eval()
         x, y = batch
-        correct = self._predict(x) == y
-        min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
-        if self.per_eps:  # every point attacked at every radius: its outcome at each
-            correct_at = torch.zeros(len(y), len(self.eps), dtype=torch.bool, device=x.device)
-            correct_at[:, 0] = correct
-        for i, eps in enumerate(self.eps[1:], start=1):
-            todo = torch.ones_like(correct) if self.per_eps else min_flip > self.eps[i - 1]
-            if not todo.any():
-                continue
-            rows = todo.nonzero().squeeze(1)
-            x_adv = self.attack(self.model, x[todo], y[todo], eps=eps)
-            delta = (x_adv - x[todo]).flatten(1)
-            size = delta.norm(dim=1) if self.attack.norm == "l2" else delta.abs().amax(1)
-            self._max_ratio = max(self._max_ratio, (size.max() / eps).item())
-            self._lo, self._hi = min(self._lo, x_adv.min().item()), max(self._hi, x_adv.max().item())
-            fooled = self._predict(x_adv) != y[todo]
-            if self.per_eps:
-                correct_at[rows, i] = ~fooled
-            idx = rows[fooled]
-            min_flip[idx] = torch.minimum(min_flip[idx], torch.tensor(eps, device=x.device))
-        self._min_flip.append(min_flip.cpu())
+        g = attack_grid(self.model, self.attack, x, y, self.eps, self.per_eps)
+        self._max_ratio, self._lo, self._hi = max(self._max_ratio, g.max_norm_ratio), min(self._lo, g.lo), max(self._hi, g.hi)
+        self._min_flip.append(g.min_flip.cpu())
         if self.per_eps:
-            self._correct.append(correct_at.cpu())
+            self._correct.append(g.correct_at.cpu())
 
     def on_test_epoch_end(self):
         min_flip = self.min_flip = torch.cat(self._min_flip)

@@ -58,15 +58,22 @@ def resnet18(num_classes: int, normalization: dict) -> Classifier:
     return Classifier(net, feature_dim, num_classes, normalization)
 
 
-def small_cnn(num_classes: int, normalization: dict, width: int, depth: int) -> Classifier:
-    """conv-BN-ReLU blocks (width doubling, 2x2 max-pool between) + global average pool."""
+def small_cnn(num_classes: int, normalization: dict, width: int, depth: int,
+              convs: Sequence[int] | None = None) -> Classifier:
+    """`depth` stages of conv-BN-ReLU layers (width doubling per stage, 2x2 max-pool between) + global
+    average pool. `convs[i]` is the number of 3x3 conv layers of stage i (null: one per stage); a
+    second conv at full resolution sees more of each image before the first pooling."""
     if width < 1 or depth < 1:
         raise ConfigError(f"model.width={width} and model.depth={depth} must be >= 1.")
+    convs = [1] * depth if convs is None else list(convs)
+    if len(convs) != depth or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in convs):
+        raise ConfigError(f"model.convs={convs} must be null or {depth} integers >= 1 (conv layers per stage).")
     layers, c_in = [], 3
     for i in range(depth):
         c_out = width * 2**i
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        for _ in range(convs[i]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
         layers.append(nn.MaxPool2d(2) if i < depth - 1 else nn.AdaptiveAvgPool2d(1))
-        c_in = c_out
     layers.append(nn.Flatten())
     return Classifier(nn.Sequential(*layers), c_in, num_classes, normalization)

@@ -145,3 +145,79 @@ def test_attacks_restore_each_members_own_mode(trained, attack):
         AutoAttack(eps=0.5, norm="l2", version="custom", attacks=["apgd-ce"], seed=0, batch_size=32)(ens, x[:32], y[:32])
     assert ens.training and not any(m.training for m in model.modules())
     assert accuracy(ens, x[:32], y[:32]) == clean
+
+
+# ---------------------------------------------------------------- APGD: the strong evaluation attack
+def apgd(**kw):
+    from robust_ensembles.attacks import APGD
+    args = dict(eps=0.5, norm="l2", steps=20, restarts=1, target_classes=3, targeted_steps=20, rho=0.75, seed=0)
+    return APGD(**{**args, **kw})
+
+
+def correct(model, x, y):
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+@pytest.mark.parametrize("eps", [0.25, 0.5, 1.0])
+def test_apgd_is_never_weaker_than_pgd_per_point(trained, eps):
+    """Every point today's evaluation PGD (20 steps, keep-best) flips, APGD flips too."""
+    model, x, y = trained
+    torch.manual_seed(0)
+    by_pgd = correct(model, pgd(steps=20, keep_best=True)(model, x, y, eps=eps), y)
+    by_apgd = correct(model, apgd()(model, x, y, eps=eps), y)
+    assert not (by_apgd & ~by_pgd).any(), f"points APGD left standing that PGD flipped: {(by_apgd & ~by_pgd).sum()}"
+    assert by_apgd.float().mean() <= by_pgd.float().mean()
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 0.5), ("linf", 8 / 255)])
+def test_apgd_examples_stay_in_ball_and_box(trained, norm, eps):
+    model, x, y = trained
+    x_adv = apgd(norm=norm)(model, x, y, eps=eps)
+    delta = (x_adv - x).flatten(1)
+    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(dim=1)
+    assert size.max().item() <= eps * (1 + 1e-5)
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+
+
+def test_apgd_runs_in_eval_mode_leaves_no_weight_gradient_and_restores_modes(trained):
+    model, x, y = trained
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    try:
+        apgd(steps=3, targeted_steps=3)(model, x[:16], y[:16])
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+    model.eval()
+
+
+def test_apgd_targeted_part_only_adds_flips(trained):
+    model, x, y = trained
+    ce_only = correct(model, apgd(target_classes=0)(model, x, y, eps=0.5), y)
+    both = correct(model, apgd()(model, x, y, eps=0.5), y)
+    assert not (both & ~ce_only).any()
+
+
+def test_apgd_doubled_doubles_both_parts():
+    a = apgd(steps=10, targeted_steps=7)
+    d = a.doubled()
+    assert (d.steps, d.targeted_steps, a.steps) == (20, 14, 10)
+    assert "APGD-CE-20+T-14x3" == d.name()
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"eps": -0.1}, "evaluation.attack.eps=-0.1 is negative"),
+    ({"steps": 0}, "evaluation.attack.steps=0 must be an integer >= 1"),
+    ({"target_classes": -1}, "evaluation.attack.target_classes=-1 must be an integer >= 0"),
+    ({"norm": "l3"}, "evaluation.attack.norm='l3' is not a known norm"),
+    ({"rho": 1.5}, "evaluation.attack.rho=1.5 must be in"),
+])
+def test_bad_apgd_config_is_refused_with_its_key(kw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apgd(**kw)

@@ -13,8 +13,9 @@ from robust_ensembles.curves import Curve
 N = 40
 GRID = [0.0, 0.25, 0.5, 1.0]
 CHECK_EPS, LARGE_EPS = 0.25, 4.0
-NAMES = ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
-         "doubling PGD steps changes accuracy by < 1 SE", "black-box Square no stronger than white-box PGD",
+NAMES = ["evaluation attack vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
+         "doubling the attack's steps changes accuracy by < 1 SE",
+         "black-box Square no stronger than the white-box evaluation attack",
          "adversarial examples inside the ball and in [0,1]"]
 
 
@@ -34,6 +35,12 @@ class Stub:
 
     def __init__(self, flips, steps: int = 2):
         self.flips, self.steps = flips, steps
+
+    def name(self) -> str:
+        return f"stub-{self.steps}"
+
+    def doubled(self) -> "Stub":
+        return Stub(self.flips, 2 * self.steps)
 
     def __call__(self, model, x, y, eps):
         mask = torch.tensor([bool(self.flips(i, eps, self.steps)) for i in range(len(y))]).view(-1, 1, 1, 1)
@@ -73,11 +80,11 @@ def test_every_check_passes_on_a_sound_evaluation():
 
 
 @pytest.mark.parametrize("broken,kwargs", [
-    ("PGD vs AutoAttack", {"autoattack": lambda i, eps, steps: True}),                     # AutoAttack finds far more
+    ("evaluation attack vs AutoAttack", {"autoattack": lambda i, eps, steps: True}),                     # AutoAttack finds far more
     ("accuracy non-increasing in eps", {"pgd": lambda i, eps, steps: sound(i, eps, steps) and eps != 0.5}),
     ("near-zero accuracy at a very large eps", {"pgd": lambda i, eps, steps: sound(i, eps, steps) and eps < 3}),
-    ("doubling PGD steps changes accuracy by < 1 SE", {"pgd": lambda i, eps, steps: sound(i, eps, steps) or steps > 2}),
-    ("black-box Square no stronger than white-box PGD", {"square": lambda i, eps, steps: True}),
+    ("doubling the attack's steps changes accuracy by < 1 SE", {"pgd": lambda i, eps, steps: sound(i, eps, steps) or steps > 2}),
+    ("black-box Square no stronger than the white-box evaluation attack", {"square": lambda i, eps, steps: True}),
     ("adversarial examples inside the ball and in [0,1]", {"max_norm_ratio": 1.5}),
 ])
 def test_each_check_fails_on_the_case_built_to_break_it(broken, kwargs):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.robustness import evaluate
+from robust_ensembles import outcomes
+from robust_ensembles.robustness import VERSIONS, evaluate
 from robust_ensembles import store
 from robust_ensembles.curves import Curve, auc, curve_from_min_flip
 from robust_ensembles.train import train
@@ -78,7 +79,7 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
     for i, e in enumerate(c["eps"]):
         assert sum(f is None or f > e for f in pts["min_flip"]) == round(c["cumulative"][i] * 64)
         assert sum(row[i] == "1" for row in pts["correct_at"]) == round(c["per_eps"][i] * 64)
-    assert r["device"] == "cpu" and r["precision"] == "32-true" and r["version"] == 1
+    assert r["device"] == "cpu" and r["precision"] == "32-true" and r["version"] == VERSIONS["curve"]
     assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == json.loads(path.read_text())  # reused
     again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))
     assert again["curve"] == r["curve"]  # same seed, same numbers
@@ -107,10 +108,16 @@ def test_check_mode_reports_every_check(trained_store, tmp_path, capsys, autoatt
                           "evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8", *autoattack))
     aa = r["autoattack"]
     assert aa["n"] == 8 and aa["eps"] == 0.25 and aa["autoattack"] == ("custom" if autoattack else "standard")
-    assert aa["autoattack_acc"] == sum(aa["autoattack_correct"]) / 8 and aa["pgd_acc"] == sum(aa["pgd_correct"]) / 8
+    assert aa["autoattack_acc"] == sum(aa["autoattack_correct"]) / 8
+    # the table's columns on AutoAttack's points: the evaluation attack's from the curve, and per point the worst case
+    cols = outcomes.autoattack_columns(r)
+    ours = [f is None or f > 0.25 for f in r["per_point"]["min_flip"][:8]]
+    assert cols["attack"] == sum(ours) / 8
+    assert cols["worst"] == sum(a and b for a, b in zip(ours, aa["autoattack_correct"])) / 8
     names = [c["name"] for c in r["checks"]]
-    assert names == ["PGD vs AutoAttack", "accuracy non-increasing in eps", "near-zero accuracy at a very large eps",
-                     "doubling PGD steps changes accuracy by < 1 SE", "black-box Square no stronger than white-box PGD",
+    assert names == ["evaluation attack vs AutoAttack", "accuracy non-increasing in eps",
+                     "near-zero accuracy at a very large eps", "doubling the attack's steps changes accuracy by < 1 SE",
+                     "black-box Square no stronger than the white-box evaluation attack",
                      "adversarial examples inside the ball and in [0,1]"]
     out = capsys.readouterr().out
     assert out.count("[PASS]") + out.count("[FAIL]") == 6 and "AutoAttack" in out

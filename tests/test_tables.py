@@ -3,6 +3,8 @@ tables (the paper's three, and a new table module written in the test)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -160,12 +162,21 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert "under AutoAttack at eps=0.5 on the same 8 points, the single model trained at 0.5" in md["table2_equivalence"]
     for t in ("table2_size", "table2_equivalence"):
         assert "| seeds |" in md[t].splitlines()[2] and "| 0,1 |" in md[t]  # the 2-model rows' seeds
-    assert "PGD(eps=" not in md["table1"] and "PGD(norm=l2, steps=2," in md["table1"]  # radius is per call
+    assert "APGD(norm=l2, APGD-CE 2 steps x 1 restarts + APGD-T 2 steps x 1 targets)" in md["table1"]
     # one evaluation per model: the single model at 0.5 reads the same in Table 1 and in Table 2 left (K=1)
-    t1_row = next(r for r in (reports / "table1.csv").read_text().splitlines() if r.startswith("Robust model eps=0.5"))
-    t2_row = next(r for r in (reports / "table2_size.csv").read_text().splitlines() if r.startswith("1,"))
-    t1, t2 = t1_row.split(","), t2_row.split(",")
-    assert (t1[1], t1[4], t1[6], t1[7]) == (t2[1], t2[2], t2[3], t2[4])  # natural, eps=0.5, AA, PGD on the AA points
+    t1 = next(r for r in csv.DictReader(io.StringIO((reports / "table1.csv").read_text()))
+              if r["model"] == "Robust model eps=0.5")
+    t2 = next(r for r in csv.DictReader(io.StringIO((reports / "table2_size.csv").read_text())) if r["models"] == "1")
+    same = ["natural", "eps=0.5", "AA eps=0.5", "attack eps=0.5 (AA points)", "worst case eps=0.5 (AA points)",
+            "attack - AA"]
+    assert [t1[c] for c in same] == [t2[c] for c in same]
+    # every table's footer carries its claims' verdicts, and claims.md collects them with their commands
+    assert re.search(r"claim \*\*(holds|fails|inconclusive at this n)\*\*: \(1\) 2-Robust eps=", md["table1"])
+    assert re.search(r"claim \*\*(holds|fails|inconclusive at this n)\*\*: \(3\) the single-robust-equivalent eps "
+                     r"of 2x alpha=0.25 is about 2\*alpha = 0.5", md["table2_equivalence"])
+    claims_md = (reports / "claims.md").read_text()
+    assert "## table1" in claims_md and "## table2_equivalence" in claims_md
+    assert "`python -m robust_ensembles.tables table=table1 scale=tiny autoattack_column=run" in claims_md
 
     stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
     driver.run("all", "tiny", over, autoattack="stored")
@@ -249,8 +260,14 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
         split = o.get("evaluation.split", "test")
         calls.append((split, o.get("alpha"), o.get("K")))
         acc = val_acc[float(o["alpha"])] if split == "val" else 0.3
-        curve = Curve([0.0, 0.22, 0.35, 0.5], [0.8, 0.6, 0.5, acc], None, 32)
-        return {"curve": curve.to_dict(), "n": 32, "members": [{"seed": 0}]}
+        grid, accs = [0.0, 0.22, 0.35, 0.5], [0.8, 0.6, 0.5, acc]
+        curve = Curve(grid, accs, None, 100)
+        # per point the smallest flipping radius, consistent with the curve (100 points)
+        standing = [round(a * 100) for a in accs] + [0]
+        min_flip = [None] * standing[-2] + [e for i, e in reversed(list(enumerate(grid[1:], 1)))
+                                            for _ in range(standing[i - 1] - standing[i])]
+        min_flip += [0.0] * (100 - len(min_flip))
+        return {"curve": curve.to_dict(), "n": 100, "members": [{"seed": 0}], "per_point": {"min_flip": min_flip}}
 
     t = TableRun("table1", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], "off")
     monkeypatch.setattr(t, "evaluate_row", fake_row)

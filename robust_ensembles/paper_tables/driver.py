@@ -106,6 +106,7 @@ class TableRun:
         self.row_base = [*scale_base, f"table={table}", f"scale={scale}", *self.s.get("evaluate_overrides", []),
                          *overrides]  # every row's evaluation: the user's overrides last
         self.launcher = list(launcher or [])
+        self.user_overrides = list(overrides)
         self.trained: list[str] = []
 
     @functools.cached_property
@@ -123,13 +124,22 @@ class TableRun:
 
     @functools.cached_property
     def evaluate_cfg(self) -> DictConfig:
-        """The config every row starts from (its attack, grid, checks.max_gap, logger), composed once."""
+        """The config every row starts from (its attack, grid, flag gap, claims, logger), composed once."""
         return compose_config(ROW_CONFIG, self.row_base)
 
     @property
-    def max_gap(self) -> float:
-        """PGD minus AutoAttack above this is flagged."""
-        return float(self.evaluate_cfg.checks.max_gap)
+    def flag_gap(self) -> float:
+        """The evaluation attack minus AutoAttack above this is flagged."""
+        return float(self.evaluate_cfg.evaluation.autoattack.flag_gap)
+
+    @property
+    def claims(self) -> DictConfig:
+        return self.evaluate_cfg.claims
+
+    def command(self) -> str:
+        """The command that fills this table (with the user's overrides)."""
+        return " ".join(["python -m robust_ensembles.tables", f"table={self.table}", f"scale={self.scale}",
+                         f"autoattack_column={self.autoattack}", *self.user_overrides, *self.launcher])
 
     # ------------------------------------------------------------------ what the table needs
     def needs(self) -> Needs:

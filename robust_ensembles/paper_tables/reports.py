@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 
+from robust_ensembles import outcomes
+from robust_ensembles.claims import Verdict
 from robust_ensembles.curves import curve_of, plot_curves, standard_error
 
 if TYPE_CHECKING:
@@ -21,12 +24,14 @@ if TYPE_CHECKING:
 @dataclass
 class Filled:
     """A filled table: its rows, every row's curve for the plot, footer notes, the AutoAttack
-    records its rows show, and reference points to plot beside the curves (label -> [(eps, acc, se)])."""
+    records its rows show, reference points to plot beside the curves (label -> [(eps, acc, se)]), and
+    the verdicts of the paper's claims this table tests."""
     rows: list[dict]
     curves: dict
     notes: list[str] = field(default_factory=list)
     autoattack: list[dict] = field(default_factory=list)
     points: dict = field(default_factory=dict)
+    claims: list[Verdict] = field(default_factory=list)
 
 
 def fmt_acc(acc: float | None, se: float | None = None) -> str:
@@ -40,23 +45,39 @@ def seeds_of(record: dict) -> str:
 
 
 def autoattack_of(records: list[dict]) -> list[dict]:
-    return [r["autoattack"] for r in records if r.get("autoattack")]
+    """The AutoAttack records of these rows, each with its row's columns on its points (`outcomes`)."""
+    return [{**r["autoattack"], "columns": outcomes.autoattack_columns(r)} for r in records if r.get("autoattack")]
+
+
+def worst_case_acc(record: dict, eps: float) -> tuple[float, int]:
+    """Accuracy at eps under the worst case per point over every attack run on it, and n."""
+    robust = outcomes.worst_case(record, eps)
+    return robust.float().mean().item(), len(robust)
 
 
 def row_cells(t: TableRun, record: dict, columns_eps: list[float]) -> dict:
-    """A row's accuracy cells (± one standard error), its AUC, and its AutoAttack column."""
-    c = curve_of(record)
-    cells = {f"eps={e:g}" if e else "natural": fmt_acc(c.at(e), standard_error(c.at(e), c.n)) for e in columns_eps}
+    """A row's accuracy cells (± one standard error; per point the worst case over every attack run
+    on it), its AUC (the evaluation attack's curve), and its AutoAttack columns: AutoAttack and the
+    evaluation attack each on their own on the same points, their worst case, and the gap."""
+    cells = {}
+    for e in columns_eps:
+        acc, n = worst_case_acc(record, e)
+        cells[f"eps={e:g}" if e else "natural"] = fmt_acc(acc, standard_error(acc, n))
     if t.spec.get("auc_eps"):
-        cells[f"AUC({t.spec.auc_eps:g})"] = f"{c.auc(t.spec.auc_eps):.3f}"
+        cells[f"AUC({t.spec.auc_eps:g})"] = f"{curve_of(record).auc(t.spec.auc_eps):.3f}"
     if "autoattack" in record:
         aa, eps = record["autoattack"], f"{t.spec.target_eps:g}"
+        names = [f"AA eps={eps}", f"attack eps={eps} (AA points)", f"worst case eps={eps} (AA points)", "attack - AA"]
         if aa is None:  # autoattack_column=stored, and no stored record yet
-            cells[f"AA eps={eps}"] = cells[f"PGD eps={eps} (AA points)"] = "pending"
+            cells.update(dict.fromkeys(names, "pending"))
         else:
-            gap = aa["pgd_acc"] - aa["autoattack_acc"]
-            cells[f"AA eps={eps}"] = fmt_acc(aa["autoattack_acc"], aa["autoattack_se"]) + (" ⚠" if gap > t.max_gap else "")
-            cells[f"PGD eps={eps} (AA points)"] = fmt_acc(aa["pgd_acc"], aa["pgd_se"])
+            a = outcomes.autoattack_columns(record)
+            gap = a["attack"] - a["autoattack"]
+            se = lambda acc: standard_error(acc, a["n"])
+            cells[names[0]] = fmt_acc(a["autoattack"], se(a["autoattack"])) + (" ⚠" if gap > t.flag_gap else "")
+            cells[names[1]] = fmt_acc(a["attack"], se(a["attack"]))
+            cells[names[2]] = fmt_acc(a["worst"], se(a["worst"]))
+            cells[names[3]] = f"{100 * gap:+.2f}"
     return cells
 
 
@@ -95,15 +116,20 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
     footer = [t.spec.caption_note] if t.spec.get("caption_note") else []
     footer += [f"scale: {t.scale} ({t.s.get('shrunk', 'the paper setup')})", *filled.notes,
                *autoattack_notes(t, filled.autoattack),
-               "accuracies in %, ± one binomial standard error; each accuracy is under the strongest L2 PGD attack "
-               f"found at that radius or below; ⚠ marks AutoAttack more than {100 * t.max_gap:g} points below PGD "
-               "on the same points",
+               f"accuracies in %, ± one binomial standard error (for one cell; comparisons of two rows use the paired "
+               f"intervals of the claims below); a point counts as robust at eps only if no attack run on it at a radius "
+               f"<= eps flipped it: the evaluation attack ({instantiate(t.evaluate_cfg.evaluation.attack)!r}) at every "
+               f"grid radius up to eps, and AutoAttack on its points at eps >= its radius; 'attack - AA' is the "
+               f"evaluation attack's accuracy minus AutoAttack's on the same points, ⚠ where it exceeds "
+               f"{100 * t.flag_gap:g} point(s)",
+               *[f"claim {v.line()}" for v in filled.claims],
                f"written {time.strftime('%Y-%m-%d %H:%M')} in {wall_s / 60:.1f} min"]
     paths = write_table(rows, columns, out, t.table, t.spec.caption, footer)
+    paths.update(write_claims(t, filled.claims, out))
     png = out / f"{t.table}.png"
     plot_curves(filled.curves, png, f"{t.table} ({t.scale})", points=filled.points)
     paths["png"] = png
-    log_wandb(t, rows, columns, png)
+    log_wandb(t, rows, columns, png, filled.claims)
     return paths
 
 
@@ -115,13 +141,35 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
     seconds: dict[str, float] = {}  # device -> wall time of the records computed there
     for r in recs:
         seconds[r.get("device", "?")] = seconds.get(r.get("device", "?"), 0.0) + r.get("wall_s", 0.0)
-    pgd = instantiate(t.evaluate_cfg.evaluation.attack)  # the records' keys hold its settings
-    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and PGD({pgd.settings()}) on the same first "
+    attack = instantiate(t.evaluate_cfg.evaluation.attack)  # the records' keys hold its settings
+    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and {attack!r} on the same first "
             f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; this table's {len(recs)} records computed on "
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
 
 
-def log_wandb(t: TableRun, rows, columns, png) -> None:
+def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, Path]:
+    """This table's verdicts as <table>.claims.json, and claims.md regenerated from every table's json
+    in reports/<scale>/ (each with the command that produced it)."""
+    if not verdicts:
+        return {}
+    doc = {"table": t.table, "scale": t.scale, "command": t.command(), "written": time.strftime("%Y-%m-%d %H:%M"),
+           "claims": [v.to_dict() for v in verdicts]}
+    path = out / f"{t.table}.claims.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    lines = [f"# The paper's claims at scale {t.scale}: verdicts written by the code", "",
+             "Each verdict compares two models on the same test points (paired), each point's outcome the worst "
+             "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
+             "`robust_ensembles/claims.py`. Regenerated whenever a table is written.", ""]
+    for p in sorted(out.glob("*.claims.json")):
+        d = json.loads(p.read_text())
+        lines += [f"## {d['table']}", "", f"`{d['command']}` (written {d['written']})", ""]
+        lines += [f"- **{c['verdict']}**: {c['claim']}. {c['detail']}" for c in d["claims"]] + [""]
+    md = out / "claims.md"
+    md.write_text("\n".join(lines))
+    return {"claims": md, "claims_json": path}
+
+
+def log_wandb(t: TableRun, rows, columns, png, verdicts: list[Verdict] = ()) -> None:
     cfg = t.evaluate_cfg
     if not cfg.get("logger") or "Wandb" not in cfg.logger._target_:
         return
@@ -130,4 +178,8 @@ def log_wandb(t: TableRun, rows, columns, png) -> None:
                      dir=cfg.logger.save_dir, mode=cfg.logger.mode, reinit="finish_previous")
     run.log({t.table: wandb.Table(columns=columns, data=[[str(r.get(c, "")) for c in columns] for r in rows]),
              f"{t.table}_curves": wandb.Image(str(png))})
+    if verdicts:
+        run.log({f"{t.table}_claims": wandb.Table(columns=["claim", "verdict", "detail"],
+                                                  data=[[v.claim, v.verdict, v.detail] for v in verdicts])})
+        run.summary.update({f"claims/{t.table}/{i}": v.verdict for i, v in enumerate(verdicts)})
     run.finish()

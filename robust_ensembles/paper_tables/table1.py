@@ -3,6 +3,7 @@ K-ensemble at a small alpha (chosen on validation), a composite and a weighted p
 
 from __future__ import annotations
 
+from robust_ensembles.claims import Verdict, ensemble_vs_single
 from robust_ensembles.curves import curve_of
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables.driver import Needs, TableRun
@@ -62,7 +63,7 @@ def fill(t: TableRun) -> Filled:
     alpha, notes = choose_alpha(t) if t.s.get("alpha_candidates") else (None, [])
     if alpha is not None:
         notes.insert(0, choice_note(t, alpha))
-    rows, curves, records = [], {}, []
+    rows, curves, records, roles = [], {}, [], {}
     for row in t.s.rows:
         a = alpha if row.get("alpha") == CHOSEN else row.get("alpha")
         over = [f"members={row.get('members', 'seeds')}"] + ([f"alpha={a}", f"K={row.K}"] if a is not None else [])
@@ -74,4 +75,16 @@ def fill(t: TableRun) -> Filled:
         rows.append({"model": label, **row_cells(t, record, list(t.spec.columns_eps)), "n": record["n"],
                      "seeds": seeds_of(record)})
         curves[label] = curve_of(record)
-    return Filled(rows, curves, notes, autoattack_of(records))
+        if row.get("claim"):
+            roles[row.claim] = (label, record)
+    return Filled(rows, curves, notes, autoattack_of(records), claims=claims(t, roles))
+
+
+def claims(t: TableRun, roles: dict[str, tuple[str, dict]]) -> list[Verdict]:
+    """Claim (1): the ensemble row against the single row at the target eps, paired."""
+    if not {"ensemble", "single"} <= set(roles):
+        return []
+    c = t.claims
+    (e_label, ensemble), (s_label, single) = roles["ensemble"], roles["single"]
+    return [ensemble_vs_single(ensemble, single, float(t.spec.target_eps), float(c.margin), float(c.level),
+                               e_label, s_label)]

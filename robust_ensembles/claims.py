@@ -1,0 +1,158 @@
+"""The paper's three claims as verdicts the code writes from stored records: `holds`, `fails` or
+`inconclusive at this n`, each with its difference, interval and margin.
+
+Every comparison is paired: both models' per-point outcomes on the same test points, each point's
+outcome the worst case over every attack run on it (`outcomes.worst_case`: the evaluation attack's
+curve, and AutoAttack where it ran).
+
+1. `ensemble_vs_single`: a K-ensemble trained at alpha is at least as robust at eps as the single
+   model trained at eps (non-inferiority: the lower end of the interval of ensemble - single is
+   above -margin) and more accurate on clean data (the lower end of the clean difference is above 0).
+   It fails when the robust interval lies wholly below -margin or the clean one wholly below 0.
+2. `growth_with_k`: robust accuracy grows with K (largest K - K=1: lower end above 0) and saturates:
+   the last step of the K list (largest K - the one before) is within +-margin (its whole interval
+   inside [-margin, margin], an equivalence test). It fails when the largest K gains less than the
+   margin over K=1 (the interval wholly below +margin) or the last step is still a gain beyond it.
+3. `equivalent_eps_about_2alpha`: the single-robust-equivalent eps (`equivalent_eps`) of the
+   ensemble trained at alpha lies within a relative tolerance of 2*alpha: its paired-bootstrap
+   interval (points resampled, every model read on the same draw) inside
+   [2*alpha*(1-tol), 2*alpha*(1+tol)] holds, wholly outside fails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from robust_ensembles import outcomes
+from robust_ensembles.paired import Difference, bootstrap_accuracies, paired_difference, percentile_interval
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive at this n"
+
+
+@dataclass
+class Verdict:
+    claim: str
+    verdict: str
+    detail: str
+    numbers: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"**{self.verdict}**: {self.claim}. {self.detail}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def combine(*verdicts: str) -> str:
+    if FAILS in verdicts:
+        return FAILS
+    return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+
+
+def at_least(d: Difference, margin: float) -> str:
+    """first >= second - margin: holds when the whole interval is above -margin, fails when below."""
+    return HOLDS if d.low > -margin else FAILS if d.high < -margin else INCONCLUSIVE
+
+
+def within(d: Difference, margin: float) -> str:
+    """|first - second| <= margin: holds when the whole interval is inside, fails when wholly outside."""
+    if -margin < d.low and d.high < margin:
+        return HOLDS
+    return FAILS if d.low > margin or d.high < -margin else INCONCLUSIVE
+
+
+def ensemble_vs_single(ensemble: dict, single: dict, eps: float, margin: float, level: float,
+                       ensemble_label: str, single_label: str) -> Verdict:
+    robust = paired_difference(*outcomes.paired_worst_case(ensemble, single, eps), level)
+    clean = paired_difference(outcomes.under_curve(ensemble, 0.0), outcomes.under_curve(single, 0.0), level)
+    r_v, c_v = at_least(robust, margin), at_least(clean, 0.0)
+    detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {robust.text()}, non-inferiority margin "
+              f"{100 * margin:g} points ({r_v}). Clean: {clean.text()}, must be above 0 ({c_v}). "
+              f"{100 * level:g}% intervals, {robust.method}.")
+    return Verdict(f"(1) {ensemble_label} is at least as robust at eps={eps:g} as {single_label}, and more accurate "
+                   f"on clean data", combine(r_v, c_v), detail,
+                   {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps})
+
+
+def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: float) -> Verdict:
+    ks = sorted(records)
+    if len(ks) < 3 or ks[0] != 1:
+        raise ValueError(f"the growth claim needs K=1 and at least two larger K (got {ks})")
+    best, before = ks[-1], ks[-2]
+    growth = paired_difference(*outcomes.paired_worst_case(records[best], records[1], eps), level)
+    last = paired_difference(*outcomes.paired_worst_case(records[best], records[before], eps), level)
+    g_v = HOLDS if growth.low > 0 else FAILS if growth.high < margin else INCONCLUSIVE
+    s_v = HOLDS if within(last, margin) == HOLDS else FAILS if last.low > margin else INCONCLUSIVE
+    detail = (f"Growth, K={best} - K=1 at eps={eps:g}: {growth.text()}, must be above 0; no growth if wholly "
+              f"below the margin ({g_v}). Saturation, "
+              f"K={best} - K={before}: {last.text()}, must lie within +-{100 * margin:g} points ({s_v}). "
+              f"{100 * level:g}% intervals, {growth.method}.")
+    return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K and saturates (K in {ks})",
+                   combine(g_v, s_v), detail,
+                   {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks})
+
+
+def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_acc: Sequence[float]) -> tuple[float, str]:
+    """The largest grid epsilon e at which the ensemble is at least as accurate at e as the single
+    model trained at e (both evaluated at e; a tie counts as at least as accurate), linearly
+    interpolated towards the next grid point, where the ensemble falls behind. Returns (value, text):
+    "> max" when that e is the grid's last (value = the grid's max), "< min" when the ensemble is
+    behind at every grid point (value = nan). Whatever happens below that e does not matter.
+    """
+    if not (len(grid) == len(ensemble_acc) == len(single_acc)) or not grid:
+        raise ValueError("equivalent_eps needs one ensemble and one single accuracy per grid epsilon")
+    if list(grid) != sorted(grid):
+        raise ValueError(f"the single-model grid {list(grid)} must be increasing")
+    d = [a - b for a, b in zip(ensemble_acc, single_acc)]
+    last = max((i for i, v in enumerate(d) if v >= 0), default=None)
+    if last is None:
+        return math.nan, f"< {grid[0]:g}"
+    if last == len(d) - 1:
+        return float(grid[-1]), f"> {grid[-1]:g}"
+    e0, e1 = grid[last], grid[last + 1]
+    value = e0 + (e1 - e0) * d[last] / (d[last] - d[last + 1])
+    return value, f"{value:.3f}"
+
+
+def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples: int, seed: int,
+                            level: float) -> tuple[float, float, float]:
+    """(estimate, low, high) of the equivalent eps, the interval from a paired bootstrap over points."""
+    grid = sorted(singles)
+    pairs = [outcomes.paired_worst_case(ensemble, singles[e], e) for e in grid]
+    rows = [p[0] for p in pairs] + [p[1] for p in pairs]
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError("the ensemble and the single models must be evaluated on the same points")
+    table = torch.stack(rows)
+    point, _ = equivalent_eps(grid, table[:len(grid)].float().mean(1).tolist(), table[len(grid):].float().mean(1).tolist())
+    accs = bootstrap_accuracies(table, samples, seed)
+    values = [equivalent_eps(grid, a[:len(grid)].tolist(), a[len(grid):].tolist())[0] for a in accs]
+    low, high = percentile_interval(values, level)
+    return point, low, high
+
+
+def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alpha: float, tolerance: float,
+                                samples: int, seed: int, level: float, label: str) -> Verdict:
+    target = 2 * alpha
+    band = (target * (1 - tolerance), target * (1 + tolerance))
+    point, low, high = equivalent_eps_interval(ensemble, singles, samples, seed, level)
+    grid = sorted(singles)
+    fmt = lambda v: f"< {grid[0]:g}" if math.isnan(v) else (f">= {grid[-1]:g}" if v >= grid[-1] else f"{v:.3f}")
+    lo_num = -math.inf if math.isnan(low) else low
+    hi_num = -math.inf if math.isnan(high) else high
+    censored = high >= grid[-1] and band[1] > grid[-1]  # the band reaches beyond the grid: cannot hold there
+    if band[0] <= lo_num and hi_num <= band[1] and not censored:
+        v = HOLDS
+    elif hi_num < band[0] or lo_num > band[1]:
+        v = FAILS
+    else:
+        v = INCONCLUSIVE
+    detail = (f"{label}: equivalent eps {fmt(point)}, {100 * level:g}% paired-bootstrap interval "
+              f"[{fmt(low)}, {fmt(high)}] ({samples} resamples of the test points); 2*alpha = {target:g}, "
+              f"band +-{100 * tolerance:g}% = [{band[0]:.3f}, {band[1]:.3f}] on the single-model grid {grid}")
+    return Verdict(f"(3) the single-robust-equivalent eps of {label} is about 2*alpha = {target:g}", v, detail,
+                   {"alpha": alpha, "estimate": point, "low": low, "high": high, "band": list(band),
+                    "tolerance": tolerance, "grid": grid, "samples": samples})

@@ -1,0 +1,81 @@
+"""Per-point outcomes of one evaluated model, combined over every attack run on it.
+
+A point counts as robust at eps only if no attack run on it at a radius at most eps flipped it:
+the curve (the evaluation attack at every grid radius up to eps: `min_flip > eps`), and any
+AutoAttack record (AutoAttack on the first n points at one radius e <= eps; a point flipped inside
+the ball of radius e is flipped inside every larger ball).
+Both record kinds keep their per-point outcomes in the order of the split's points, so outcomes of
+two models on the same split line up point by point (the paired statistics use this).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robust_ensembles.errors import ConfigError
+
+
+def under_curve(record: dict, eps: float) -> torch.Tensor:
+    """Per point of a curve record: not flipped by the evaluation attack at any grid radius <= eps."""
+    grid = record["curve"]["eps"]
+    if not any(math.isclose(e, eps) for e in grid):
+        raise ConfigError(f"eps={eps} is not on the evaluated grid {grid}; add it to evaluation.eps_grid.")
+    min_flip = torch.tensor([math.inf if v is None else v for v in record["per_point"]["min_flip"]])
+    return min_flip > eps + 1e-12
+
+
+def under_autoattack(aa: dict) -> torch.Tensor:
+    """Per point of an AutoAttack record (the first n points of the split): AutoAttack did not flip it."""
+    return torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
+
+
+def applicable_autoattack(record: dict, eps: float) -> dict | None:
+    """The record's AutoAttack record when its radius is <= eps (it then bounds the accuracy at eps)."""
+    aa = record.get("autoattack")
+    return aa if aa and aa["eps"] <= eps + 1e-12 else None
+
+
+def worst_case(record: dict, eps: float, autoattack: bool = True) -> torch.Tensor:
+    """Per point of the record's split: robust at eps under every attack run on it (curve, and with
+    `autoattack` the AutoAttack record's attacks where their radius is <= eps)."""
+    robust = under_curve(record, eps)
+    aa = applicable_autoattack(record, eps) if autoattack else None
+    if aa:
+        n = aa["n"]
+        robust = robust.clone()
+        robust[:n] &= under_autoattack(aa)
+    return robust
+
+
+def worst_case_on_autoattack_points(record: dict) -> torch.Tensor | None:
+    """The worst case over every attack on the AutoAttack record's points at its radius (None without one)."""
+    aa = record.get("autoattack")
+    if not aa:
+        return None
+    return worst_case(record, aa["eps"])[: aa["n"]]
+
+
+def paired_worst_case(first: dict, second: dict, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' per-point outcomes at eps under the same attack procedure: AutoAttack counts only
+    when both have an applicable record on the same points (else one side would face an attack the
+    other did not)."""
+    a, b = applicable_autoattack(first, eps), applicable_autoattack(second, eps)
+    both = bool(a and b and a["n"] == b["n"] and math.isclose(a["eps"], b["eps"]))
+    return worst_case(first, eps, both), worst_case(second, eps, both)
+
+
+def autoattack_columns(record: dict) -> dict | None:
+    """On the AutoAttack record's points at its radius: AutoAttack's accuracy, the evaluation attack's
+    (its curve, every grid radius up to that eps), and the worst case of both; None without a record."""
+    aa = record.get("autoattack")
+    if not aa:
+        return None
+    ours = under_curve(record, aa["eps"])[: aa["n"]]
+    theirs = under_autoattack(aa)
+    if len(ours) < aa["n"]:
+        raise ConfigError(f"the AutoAttack record covers {aa['n']} points but the curve only {len(ours)}; "
+                          f"evaluate the curve on at least evaluation.autoattack.n points.")
+    return {"n": aa["n"], "eps": aa["eps"], "autoattack": theirs.float().mean().item(),
+            "attack": ours.float().mean().item(), "worst": (ours & theirs).float().mean().item()}
