@@ -61,6 +61,11 @@ def composite_label(runs: list[store.Run], weights: list[float]) -> str:
     return f"{len(runs)}x composite {' + '.join(parts)} w={'/'.join(f'{w:g}' for w in weights)}"
 
 
+def count(cfg: DictConfig) -> int:
+    """How many members the configured model has (K seeds, or its composites)."""
+    return int(cfg.K) if cfg.members.kind == "seeds" else len(cfg.members.composites)
+
+
 def build(cfg: DictConfig) -> tuple[Ensemble, list[store.Run], str]:
     """The evaluated model (an Ensemble, K=1 included), its store entries, and a label."""
     ens = OmegaConf.to_container(cfg.ensemble, resolve=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 
 import torch
@@ -46,6 +47,35 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.evaluation.autoattack.eps is not None:
         result["autoattack"] = autoattack_record(cfg, model, runs, label)
     return result
+
+
+def stored(cfg: DictConfig) -> tuple[dict | None, dict | None, int]:
+    """The configured model's stored curve record and AutoAttack record (None where missing, both None
+    when its members are not all trained), and its number of members: what `evaluate` would reuse."""
+    check(cfg)
+    try:
+        model, runs, _ = members.build(cfg)
+    except ConfigError:  # members not trained yet: nothing of it can be stored
+        return None, None, members.count(cfg)
+    curve = _stored(cfg, CURVE, curve_spec(cfg, model, runs))
+    aa = None
+    if cfg.evaluation.autoattack.eps is not None:
+        aa = _stored(cfg, AUTOATTACK, autoattack_spec(cfg, model, runs, instantiate(cfg.checks.autoattack)))
+    return curve, aa, len(runs)
+
+
+def seconds_per_member_point(cfg: DictConfig, kind: str) -> float | None:
+    """Median wall seconds per (member x point) of the stored records of `kind` computed with this
+    setup (experiment, and for curves the same attack and grid), or None when there is none."""
+    if kind == CURVE:
+        same = lambda r: (r["spec"]["evaluation"]["attack"] == OmegaConf.to_container(cfg.evaluation.attack, resolve=True)
+                          and r["spec"]["evaluation"]["eps_grid"] == list(cfg.evaluation.eps_grid))
+    else:
+        same = lambda r: r["spec"]["autoattack"]["version"] == cfg.checks.autoattack.version
+    rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
+             if r.get("K") and r.get("n") and r.get("wall_s") and r.get("experiment", r.get("config", {}).get("name")) == cfg.name
+             and same(r)]
+    return statistics.median(rates) if rates else None
 
 
 def test_points(cfg: DictConfig) -> dict:
@@ -172,7 +202,8 @@ def autoattack_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], l
     model = model.to(device).eval()
     robust = checks.correct(model, autoattack(model, x, y, eps=float(aa_cfg.eps)), y, cfg.evaluation.batch_size)
     acc = robust.float().mean().item()
-    payload = {"eps": float(aa_cfg.eps), "n": len(y), "autoattack": autoattack.version, "autoattack_acc": acc,
+    payload = {"eps": float(aa_cfg.eps), "n": len(y), "K": len(runs), "experiment": cfg.name,
+               "autoattack": autoattack.version, "autoattack_acc": acc,
                "autoattack_se": standard_error(acc, len(y)), "autoattack_correct": robust.int().tolist(),
                "label": label, "wall_s": time.perf_counter() - start, "git_commit": store.git_commit(),
                "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -285,6 +285,19 @@ def get_record(root: str | Path, kind: str, spec: Mapping, version: int) -> dict
     return record
 
 
+def records(root: str | Path, kind: str, version: int) -> list[dict]:
+    """Every readable record of `kind` at this semantics version (e.g. to estimate costs from)."""
+    out = []
+    for path in sorted((Path(root) / "records" / kind).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if record.get("version") == version:
+            out.append(record)
+    return out
+
+
 def put_record(root: str | Path, kind: str, spec: Mapping, version: int, payload: Mapping) -> dict:
     """Write a record atomically; returns it as stored (payload plus kind, version, key, spec)."""
     key = key_of(spec)

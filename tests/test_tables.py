@@ -139,6 +139,12 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         md = (reports / f"{t}.md").read_text()
         assert "pending" in md and "AutoAttack column: pending" in md
     assert not records.exists()
+    # ESTIMATE=1 now: nothing to train, every curve stored, the AutoAttack records still missing, with no
+    # stored AutoAttack record of this setup to take a cost from yet
+    driver.run("all", "tiny", over, estimate=True)
+    est = capsys.readouterr().out
+    assert re.search(r"all \(tiny\): 0 distinct training jobs and 0 composites missing; evaluation: 0 of \d+ curve "
+                     r"records and [1-9]\d* AutoAttack records missing; no stored autoattack record", est), est
 
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out
@@ -177,6 +183,9 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     claims_md = (reports / "claims.md").read_text()
     assert "## table1" in claims_md and "## table2_equivalence" in claims_md
     assert "`python -m robust_ensembles.tables table=table1 scale=tiny autoattack_column=run" in claims_md
+
+    driver.run("all", "tiny", over, estimate=True)
+    assert re.search(r"evaluation: 0 of \d+ curve records and 0 AutoAttack records missing\n", capsys.readouterr().out)
 
     stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
     driver.run("all", "tiny", over, autoattack="stored")

@@ -30,7 +30,8 @@ from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
 from robust_ensembles.errors import ConfigError, UserError
 from robust_ensembles.identity import composite_run, training_identity, training_run, with_radius
 from robust_ensembles.paper_tables.reports import write_reports
-from robust_ensembles.robustness import evaluate
+from robust_ensembles.curves import Curve, check_grid
+from robust_ensembles.robustness import AUTOATTACK, CURVE, evaluate, seconds_per_member_point, stored
 
 log = logging.getLogger(__name__)
 ROW_CONFIG = "tables"  # conf/tables.yaml: the evaluate config with the tables' shared evaluation settings
@@ -108,6 +109,7 @@ class TableRun:
         self.launcher = list(launcher or [])
         self.user_overrides = list(overrides)
         self.trained: list[str] = []
+        self.plan: list[dict] | None = None  # estimate mode: the records the rows need (evaluation_plan)
 
     @functools.cached_property
     def module(self) -> ModuleType:
@@ -197,26 +199,87 @@ class TableRun:
         self.trained += self.train(*self.missing())
 
     def estimate(self) -> str:
-        """Missing jobs, and their cost from the throughput measured by stored jobs of the same setup."""
+        """Missing training jobs and evaluation records, and their cost from what stored jobs and records
+        of the same setup measured on this store's machines (`fit_seconds`, record wall times)."""
         jobs, comps = self.missing()
         cfg = compose_config("train", self.base)
         ident = training_identity(cfg)
-        done = [r.metrics() for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})]
-        seconds = [m["n_train"] * (m["last_epoch"] + 1) / m["train_images_per_s"] for m in done
-                   if m.get("train_images_per_s")]
+        done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]}) if r.complete]
+        # natural training (alpha=0) runs no attack: its fit time is estimated apart from the adversarial jobs'
+        fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
+                       and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
+        todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0)}
         head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
-        if not seconds:
-            return f"{head}; no job of this setup has run yet, so no measured throughput to estimate from."
-        hours = len(jobs) * statistics.median(seconds) / 3600
-        return (f"{head}; about {hours:.2f} device-hours of training at the median measured "
-                f"{statistics.median(seconds) / 60:.1f} min per job ({len(seconds)} stored jobs of this setup).")
+        unmeasured = [k for k, n in todo.items() if n and not fits[k]]
+        if unmeasured:
+            train = f"{head}; no {' or '.join(unmeasured)} job of this setup has run yet, so no measured fit time to estimate from"
+        else:
+            hours = sum(n * statistics.median(fits[k]) for k, n in todo.items() if n) / 3600
+            train = (f"{head}; about {hours:.2f} h of training at the median measured fit time per job ("
+                     + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {len(v)} stored" for k, v in fits.items() if v)
+                     + "; composites not counted)")
+        return f"{train}; {self.estimate_evaluation()}"
+
+    def evaluation_plan(self) -> list[dict]:
+        """The records this table's rows need and which are missing: the table module's own fill, run with
+        stand-in records (every point robust) wherever the store has none, so nothing is evaluated."""
+        self.plan = []
+        try:
+            self.module.fill(self)
+            return self.plan
+        finally:
+            self.plan = None
+
+    def estimate_evaluation(self, plan: list[dict] | None = None) -> str:
+        plan = self.evaluation_plan() if plan is None else plan
+        unique = list({p["key"]: p for p in plan}.values())
+        curves = [p for p in unique if p["curve"]]
+        aas = [p for p in unique if p["autoattack"]]
+        text = f"evaluation: {len(curves)} of {len(unique)} curve records and {len(aas)} AutoAttack records missing"
+        if not curves and not aas:
+            return text
+        cfg = unique[0]["cfg"]
+        rates = {kind: seconds_per_member_point(cfg, kind) for kind in (CURVE, AUTOATTACK)}
+        missing_rate = [kind for kind, todo in ((CURVE, curves), (AUTOATTACK, aas)) if todo and rates[kind] is None]
+        if missing_rate:
+            return (f"{text}; no stored {' or '.join(missing_rate)} record of this setup yet to estimate their cost "
+                    f"from (evaluate one row first)")
+        hours = (sum(p["K"] * p["n"] for p in curves) * (rates[CURVE] or 0)
+                 + sum(p["K"] * p["aa_n"] for p in aas) * (rates[AUTOATTACK] or 0)) / 3600
+        return (f"{text}; about {hours:.2f} h at the measured "
+                + ", ".join(f"{1000 * r:.1f} ms per member and point ({k})" for k, r in rates.items() if r))
+
+    def _planned(self, cfg: DictConfig, key: tuple) -> dict:
+        """Estimate mode: the row's stored records, or stand-ins, noting what is missing (self.plan)."""
+        curve, aa, k = stored(cfg)
+        want_aa = cfg.evaluation.autoattack.eps is not None
+        split = cfg.evaluation.split
+        n = int(cfg.data.val_size if split == "val" else
+                cfg.data.get("test_subset") or cfg.data.get("synthetic", {}).get("n_test") or 10000)
+        aa_n = int(cfg.evaluation.autoattack.n)
+        self.plan.append({"key": key, "K": k, "n": n, "aa_n": aa_n, "curve": curve is None,
+                          "autoattack": want_aa and aa is None, "cfg": cfg})
+        if curve is None:
+            grid = check_grid(cfg.evaluation.eps_grid)
+            curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
+                     "members": [{"seed": i, "key": None, "backbones": None} for i in range(k)],
+                     "per_point": {"min_flip": [None] * n}}
+        if not want_aa:
+            return curve
+        if aa is None:
+            aa = {"eps": float(cfg.evaluation.autoattack.eps), "n": aa_n, "K": k, "autoattack_correct": [1] * aa_n,
+                  "autoattack": cfg.checks.autoattack.version, "autoattack_acc": 1.0, "device": "planned", "wall_s": 0.0}
+        return {**curve, "autoattack": aa}
 
     def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
         """One evaluation (reused from the store when it exists), with the table's AutoAttack column."""
         aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
-        return evaluate(compose_config(ROW_CONFIG, [*self.row_base, *aa, *overrides]))
+        cfg = compose_config(ROW_CONFIG, [*self.row_base, *aa, *overrides])
+        if self.plan is not None:
+            return self._planned(cfg, (*aa, *overrides))
+        return evaluate(cfg)
 
     def fill(self):
         return self.module.fill(self)
@@ -251,10 +314,12 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     if estimate:
         for t in runs:
             print(f"{t.table} ({scale}): {t.estimate()}")
-        if len(runs) > 1:  # tables share models: the union is what `all` trains
+        if len(runs) > 1:  # tables share models and records: the union is what `all` trains and evaluates
             missing = [t.missing() for t in runs]
+            plan = [p for t in runs for p in t.evaluation_plan()]
             print(f"all ({scale}): {len(set().union(*(set(j) for j, _ in missing)))} distinct training jobs and "
-                  f"{len(set().union(*(set(c) for _, c in missing)))} composites missing")
+                  f"{len(set().union(*(set(c) for _, c in missing)))} composites missing; "
+                  f"{runs[0].estimate_evaluation(plan)}")
         return []
     start = time.perf_counter()
     if len(runs) > 1:
