@@ -149,6 +149,10 @@ class AdversarialTraining(pl.LightningModule):
             return optimizer
         extra = {}
         if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+            if self.scheduler_interval != "step":
+                raise ConfigError("the scheduler's total_steps is filled with the number of optimizer steps, but "
+                                  f"module.scheduler_interval={self.scheduler_interval!r} would step it once per epoch; "
+                                  "set module.scheduler_interval=step (+module.scheduler_interval=step on the command line).")
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

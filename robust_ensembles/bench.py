@@ -326,7 +326,6 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
             raise ConfigError(f"bench.eval_attacks: no standard AutoAttack record for {label} at eps={e.eps} on "
                               f"{e.n} points in the store; run its table with AUTOATTACK=run, or set "
                               f"bench.eval_attacks.compute_autoattack=true.")
-        theirs = torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
         datamodule = instantiate(base_cfg.data, eval_batch_size=base_cfg.evaluation.batch_size,
                                  test_split=base_cfg.evaluation.split, device_resident=False)
         x, y = first_points(datamodule, base_cfg.evaluation.split, e.n, device)

@@ -9,10 +9,12 @@ curve, and AutoAttack where it ran).
    model trained at eps (non-inferiority: the lower end of the interval of ensemble - single is
    above -margin) and more accurate on clean data (the lower end of the clean difference is above 0).
    It fails when the robust interval lies wholly below -margin or the clean one wholly below 0.
-2. `growth_with_k`: robust accuracy grows with K (largest K - K=1: lower end above 0) and saturates:
-   the last step of the K list (largest K - the one before) is within +-margin (its whole interval
-   inside [-margin, margin], an equivalence test). It fails when the largest K gains less than the
-   margin over K=1 (the interval wholly below +margin) or the last step is still a gain beyond it.
+2. `growth_with_k`: robust accuracy grows with K and saturates. Growth (largest K - K=1) holds when
+   the interval's lower end is above 0, checked first; otherwise it fails when the whole interval is
+   below +margin (no gain as large as the margin is possible). Saturation: the last step of the K list
+   (largest K - the one before) holds when its whole interval lies inside [-margin, margin] (an
+   equivalence test) and fails when it lies wholly outside (still gaining, or dropping, by more than
+   the margin).
 3. `equivalent_eps_about_2alpha`: the single-robust-equivalent eps (`equivalent_eps`) of the
    ensemble trained at alpha lies within a relative tolerance of 2*alpha: its paired-bootstrap
    interval (points resampled, every model read on the same draw) inside
@@ -53,6 +55,11 @@ def combine(*verdicts: str) -> str:
     return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
 
 
+def attacks_text(autoattack: bool) -> str:
+    return ("per point the worst case of the evaluation attack and AutoAttack (both models have it on the same points)"
+            if autoattack else "the evaluation attack only (AutoAttack is not on both models' points at this eps)")
+
+
 def at_least(d: Difference, margin: float) -> str:
     """first >= second - margin: holds when the whole interval is above -margin, fails when below."""
     return HOLDS if d.low > -margin else FAILS if d.high < -margin else INCONCLUSIVE
@@ -70,12 +77,14 @@ def ensemble_vs_single(ensemble: dict, single: dict, eps: float, margin: float, 
     robust = paired_difference(*outcomes.paired_worst_case(ensemble, single, eps), level)
     clean = paired_difference(outcomes.under_curve(ensemble, 0.0), outcomes.under_curve(single, 0.0), level)
     r_v, c_v = at_least(robust, margin), at_least(clean, 0.0)
+    both = outcomes.paired_autoattack(ensemble, single, eps)
     detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {robust.text()}, non-inferiority margin "
               f"{100 * margin:g} points ({r_v}). Clean: {clean.text()}, must be above 0 ({c_v}). "
-              f"{100 * level:g}% intervals, {robust.method}.")
+              f"{100 * level:g}% intervals, {robust.method}; {attacks_text(both)}.")
     return Verdict(f"(1) {ensemble_label} is at least as robust at eps={eps:g} as {single_label}, and more accurate "
                    f"on clean data", combine(r_v, c_v), detail,
-                   {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps})
+                   {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps,
+                    "autoattack_included": both})
 
 
 def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: float) -> Verdict:
@@ -86,14 +95,16 @@ def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: fl
     growth = paired_difference(*outcomes.paired_worst_case(records[best], records[1], eps), level)
     last = paired_difference(*outcomes.paired_worst_case(records[best], records[before], eps), level)
     g_v = HOLDS if growth.low > 0 else FAILS if growth.high < margin else INCONCLUSIVE
-    s_v = HOLDS if within(last, margin) == HOLDS else FAILS if last.low > margin else INCONCLUSIVE
+    s_v = within(last, margin)
+    both = all(outcomes.paired_autoattack(records[best], r, eps) for r in (records[1], records[before]))
     detail = (f"Growth, K={best} - K=1 at eps={eps:g}: {growth.text()}, must be above 0; no growth if wholly "
               f"below the margin ({g_v}). Saturation, "
               f"K={best} - K={before}: {last.text()}, must lie within +-{100 * margin:g} points ({s_v}). "
-              f"{100 * level:g}% intervals, {growth.method}.")
+              f"{100 * level:g}% intervals, {growth.method}; {attacks_text(both)}.")
     return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K and saturates (K in {ks})",
                    combine(g_v, s_v), detail,
-                   {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks})
+                   {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks,
+                    "autoattack_included": both})
 
 
 def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_acc: Sequence[float]) -> tuple[float, str]:
@@ -125,7 +136,8 @@ def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples:
     pairs = [outcomes.paired_worst_case(ensemble, singles[e], e) for e in grid]
     rows = [p[0] for p in pairs] + [p[1] for p in pairs]
     if len({len(r) for r in rows}) != 1:
-        raise ValueError("the ensemble and the single models must be evaluated on the same points")
+        raise ValueError(f"the ensemble and the single models at eps {grid} must be evaluated on the same points "
+                         f"(per-point outcome lengths {[len(r) for r in rows]})")
     table = torch.stack(rows)
     point, _ = equivalent_eps(grid, table[:len(grid)].float().mean(1).tolist(), table[len(grid):].float().mean(1).tolist())
     accs = bootstrap_accuracies(table, samples, seed)
@@ -141,12 +153,13 @@ def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alph
     point, low, high = equivalent_eps_interval(ensemble, singles, samples, seed, level)
     grid = sorted(singles)
     fmt = lambda v: f"< {grid[0]:g}" if math.isnan(v) else (f">= {grid[-1]:g}" if v >= grid[-1] else f"{v:.3f}")
-    lo_num = -math.inf if math.isnan(low) else low
-    hi_num = -math.inf if math.isnan(high) else high
-    censored = high >= grid[-1] and band[1] > grid[-1]  # the band reaches beyond the grid: cannot hold there
-    if band[0] <= lo_num and hi_num <= band[1] and not censored:
+    # censoring: nan = below the grid (only known to be < grid[0]); grid[-1] = at or beyond the grid's end
+    lower = -math.inf if math.isnan(low) else low
+    upper = grid[0] if math.isnan(high) else (math.inf if high >= grid[-1] else high)
+    below = upper <= band[0] if math.isnan(high) else upper < band[0]
+    if band[0] <= lower and upper <= band[1]:
         v = HOLDS
-    elif hi_num < band[0] or lo_num > band[1]:
+    elif below or lower > band[1]:
         v = FAILS
     else:
         v = INCONCLUSIVE

@@ -44,25 +44,25 @@ def worst_case(record: dict, eps: float, autoattack: bool = True) -> torch.Tenso
     aa = applicable_autoattack(record, eps) if autoattack else None
     if aa:
         n = aa["n"]
+        if len(robust) < n:
+            raise ConfigError(f"the AutoAttack record covers {n} points but the curve only {len(robust)}; evaluate "
+                              f"the curve on at least evaluation.autoattack.n points.")
         robust = robust.clone()
         robust[:n] &= under_autoattack(aa)
     return robust
 
 
-def worst_case_on_autoattack_points(record: dict) -> torch.Tensor | None:
-    """The worst case over every attack on the AutoAttack record's points at its radius (None without one)."""
-    aa = record.get("autoattack")
-    if not aa:
-        return None
-    return worst_case(record, aa["eps"])[: aa["n"]]
+def paired_autoattack(first: dict, second: dict, eps: float) -> bool:
+    """Whether both models have an AutoAttack record that applies at eps, on the same points and radius."""
+    a, b = applicable_autoattack(first, eps), applicable_autoattack(second, eps)
+    return bool(a and b and a["n"] == b["n"] and math.isclose(a["eps"], b["eps"]))
 
 
 def paired_worst_case(first: dict, second: dict, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' per-point outcomes at eps under the same attack procedure: AutoAttack counts only
     when both have an applicable record on the same points (else one side would face an attack the
     other did not)."""
-    a, b = applicable_autoattack(first, eps), applicable_autoattack(second, eps)
-    both = bool(a and b and a["n"] == b["n"] and math.isclose(a["eps"], b["eps"]))
+    both = paired_autoattack(first, second, eps)
     return worst_case(first, eps, both), worst_case(second, eps, both)
 
 

@@ -28,7 +28,7 @@ from robust_ensembles import checks, jobs, members, store, tracking
 from robust_ensembles.curves import Curve, EnsembleEvaluation, plot_curves, standard_error
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.identity import check
+from robust_ensembles.identity import check, members_query
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +49,45 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
-def stored(cfg: DictConfig) -> tuple[dict | None, dict | None, int]:
-    """The configured model's stored curve record and AutoAttack record (None where missing, both None
-    when its members are not all trained), and its number of members: what `evaluate` would reuse."""
+def stored(cfg: DictConfig) -> dict:
+    """What `evaluate` would reuse for the configured model: its stored curve and AutoAttack records
+    (None where missing; both None when its members are not all trained), its number of members, and
+    a key per record (the record's own key when the members exist, else one from the config) so that
+    rows of different tables that need the same record count once."""
     check(cfg)
+    want_aa = cfg.evaluation.autoattack.eps is not None
     try:
         model, runs, _ = members.build(cfg)
     except ConfigError:  # members not trained yet: nothing of it can be stored
-        return None, None, members.count(cfg)
-    curve = _stored(cfg, CURVE, curve_spec(cfg, model, runs))
-    aa = None
-    if cfg.evaluation.autoattack.eps is not None:
-        aa = _stored(cfg, AUTOATTACK, autoattack_spec(cfg, model, runs, instantiate(cfg.checks.autoattack)))
-    return curve, aa, len(runs)
+        k = members.count(cfg)
+        planned = {"members": members_query(cfg) if cfg.members.kind == "seeds" else
+                   OmegaConf.to_container(cfg.members, resolve=True), "K": k, "seeds": cfg.seeds,
+                   "composite": OmegaConf.to_container(cfg.composite, resolve=True)
+                   if cfg.members.kind != "seeds" else None, "test": test_points(cfg)}
+        evaluation = {k_: v for k_, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items()
+                      if k_ not in ("autoattack", "force")}
+        aa = OmegaConf.to_container(cfg.evaluation.autoattack, resolve=True)
+        return {"curve": None, "autoattack": None, "K": k,
+                "curve_key": store.key_of({**planned, "evaluation": evaluation}),
+                "autoattack_key": store.key_of({**planned, "eps": aa["eps"], "n": aa["n"]}) if want_aa else None}
+    spec = curve_spec(cfg, model, runs)
+    aa_spec = autoattack_spec(cfg, model, runs, instantiate(cfg.checks.autoattack)) if want_aa else None
+    return {"curve": _stored(cfg, CURVE, spec), "autoattack": _stored(cfg, AUTOATTACK, aa_spec) if want_aa else None,
+            "K": len(runs), "curve_key": store.key_of(spec), "autoattack_key": store.key_of(aa_spec) if want_aa else None}
 
 
 def seconds_per_member_point(cfg: DictConfig, kind: str) -> float | None:
-    """Median wall seconds per (member x point) of the stored records of `kind` computed with this
-    setup (experiment, and for curves the same attack and grid), or None when there is none."""
-    if kind == CURVE:
-        same = lambda r: (r["spec"]["evaluation"]["attack"] == OmegaConf.to_container(cfg.evaluation.attack, resolve=True)
-                          and r["spec"]["evaluation"]["eps_grid"] == list(cfg.evaluation.eps_grid))
-    else:
-        same = lambda r: r["spec"]["autoattack"]["version"] == cfg.checks.autoattack.version
+    """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
+    would be (same experiment; a curve with the same attack, grid, per_eps and precision and without
+    check=true; AutoAttack of the same version), or None when there is none."""
+    ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
+                                                              ("attack", "eps_grid", "per_eps", "precision")))
+    same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
+    same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
-             if r.get("K") and r.get("n") and r.get("wall_s") and r.get("experiment", r.get("config", {}).get("name")) == cfg.name
-             and same(r)]
+             if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"])
+             and r.get("experiment", r.get("config", {}).get("name")) == cfg.name]
     return statistics.median(rates) if rates else None
 
 

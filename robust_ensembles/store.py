@@ -288,7 +288,7 @@ def get_record(root: str | Path, kind: str, spec: Mapping, version: int) -> dict
 def records(root: str | Path, kind: str, version: int) -> list[dict]:
     """Every readable record of `kind` at this semantics version (e.g. to estimate costs from)."""
     out = []
-    for path in sorted((Path(root) / "records" / kind).glob("*.json")):
+    for path in sorted(record_path(root, kind, {}, key="any").parent.glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (json.JSONDecodeError, OSError):

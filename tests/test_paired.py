@@ -139,3 +139,18 @@ def test_equivalent_eps_interval_on_hand_made_curves():
     assert v.verdict == claims.HOLDS  # band [0.48, 0.72] holds the interval
     assert claims.equivalent_eps_about_2alpha(ens, singles, 0.45, 0.1, 400, 0, 0.95, "x").verdict == claims.FAILS
     assert claims.equivalent_eps_about_2alpha(ens, singles, 0.34, 0.05, 400, 0, 0.95, "x").verdict == claims.INCONCLUSIVE
+
+
+def test_equivalent_eps_verdict_when_the_interval_is_censored_by_the_grid():
+    n = 400
+    singles = {e: record([None] * int(n * a) + [0.0] * (n - int(n * a))) for e, a in
+               [(0.25, 0.6), (0.5, 0.5), (0.75, 0.4), (1.0, 0.3)]}
+    behind = record([None] * 80 + [0.0] * 320)            # 20 %: behind every single model ("< 0.25")
+    ahead = record([None] * 300 + [0.0] * 100)            # 75 %: ahead at every eps ("> 1.0")
+    v = claims.equivalent_eps_about_2alpha(behind, singles, 0.25, 0.2, 200, 0, 0.95, "x")
+    assert v.verdict == claims.FAILS  # band [0.4, 0.6] lies above the grid's start, the value below it
+    assert claims.equivalent_eps_about_2alpha(behind, singles, 0.125, 0.2, 200, 0, 0.95, "x").verdict == \
+        claims.INCONCLUSIVE  # band [0.2, 0.3] reaches below the grid: "< 0.25" may lie inside it
+    assert claims.equivalent_eps_about_2alpha(ahead, singles, 0.25, 0.2, 200, 0, 0.95, "x").verdict == claims.FAILS
+    assert claims.equivalent_eps_about_2alpha(ahead, singles, 0.5, 0.2, 200, 0, 0.95, "x").verdict == \
+        claims.INCONCLUSIVE  # "> 1.0" may lie inside [0.8, 1.2]

@@ -141,7 +141,9 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert not records.exists()
     # ESTIMATE=1 now: nothing to train, every curve stored, the AutoAttack records still missing, with no
     # stored AutoAttack record of this setup to take a cost from yet
+    before = sorted(p.name for p in (tmp_path / "store").rglob("*"))
     driver.run("all", "tiny", over, estimate=True)
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*")) == before  # estimate mode writes nothing
     est = capsys.readouterr().out
     assert re.search(r"all \(tiny\): 0 distinct training jobs and 0 composites missing; evaluation: 0 of \d+ curve "
                      r"records and [1-9]\d* AutoAttack records missing; no stored autoattack record", est), est

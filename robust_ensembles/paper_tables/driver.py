@@ -204,7 +204,8 @@ class TableRun:
         jobs, comps = self.missing()
         cfg = compose_config("train", self.base)
         ident = training_identity(cfg)
-        done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]}) if r.complete]
+        done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})
+                if r.complete and r.metrics().get("resumed_from") is None]  # a resumed fit timed only its rest
         # natural training (alpha=0) runs no attack: its fit time is estimated apart from the adversarial jobs'
         fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
                        and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
@@ -231,34 +232,50 @@ class TableRun:
             self.plan = None
 
     def estimate_evaluation(self, plan: list[dict] | None = None) -> str:
+        """The missing curve and AutoAttack records of the plan (each counted once, whichever rows and
+        tables share it), costed at the wall time per member and point of stored records computed the
+        same way (`seconds_per_member_point`, per record's own settings)."""
         plan = self.evaluation_plan() if plan is None else plan
-        unique = list({p["key"]: p for p in plan}.values())
-        curves = [p for p in unique if p["curve"]]
-        aas = [p for p in unique if p["autoattack"]]
-        text = f"evaluation: {len(curves)} of {len(unique)} curve records and {len(aas)} AutoAttack records missing"
-        if not curves and not aas:
+        todo = {}  # (kind, key) -> (members x points, the row's config)
+        for p in plan:
+            if p["curve_missing"]:
+                todo[(CURVE, p["curve_key"])] = (p["K"] * p["n"], p["cfg"])
+            if p["autoattack_missing"]:
+                todo[(AUTOATTACK, p["autoattack_key"])] = (p["K"] * p["aa_n"], p["cfg"])
+        n_curves = len({p["curve_key"] for p in plan})
+        missing = {kind: sum(1 for k, _ in todo if k == kind) for kind in (CURVE, AUTOATTACK)}
+        text = (f"evaluation: {missing[CURVE]} of {n_curves} curve records and {missing[AUTOATTACK]} AutoAttack "
+                f"records missing")
+        if any(p["curve_missing"] and p["cfg"].evaluation.split == "val" for p in plan):
+            text += (" (a choice made on validation records not yet computed is taken as their stand-ins make it, "
+                     "e.g. Table 1's smallest alpha candidate)")
+        if not todo:
             return text
-        cfg = unique[0]["cfg"]
-        rates = {kind: seconds_per_member_point(cfg, kind) for kind in (CURVE, AUTOATTACK)}
-        missing_rate = [kind for kind, todo in ((CURVE, curves), (AUTOATTACK, aas)) if todo and rates[kind] is None]
-        if missing_rate:
-            return (f"{text}; no stored {' or '.join(missing_rate)} record of this setup yet to estimate their cost "
-                    f"from (evaluate one row first)")
-        hours = (sum(p["K"] * p["n"] for p in curves) * (rates[CURVE] or 0)
-                 + sum(p["K"] * p["aa_n"] for p in aas) * (rates[AUTOATTACK] or 0)) / 3600
-        return (f"{text}; about {hours:.2f} h at the measured "
-                + ", ".join(f"{1000 * r:.1f} ms per member and point ({k})" for k, r in rates.items() if r))
+        seconds, unmeasured = 0.0, set()
+        for (kind, _), (units, cfg) in todo.items():
+            rate = seconds_per_member_point(cfg, kind)
+            if rate is None:
+                unmeasured.add(kind)
+            else:
+                seconds += units * rate
+        if unmeasured:
+            return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way yet to estimate "
+                    f"their cost from (evaluate one such row first)")
+        return f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records"
 
-    def _planned(self, cfg: DictConfig, key: tuple) -> dict:
-        """Estimate mode: the row's stored records, or stand-ins, noting what is missing (self.plan)."""
-        curve, aa, k = stored(cfg)
+    def _planned(self, cfg: DictConfig) -> dict:
+        """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
+        in self.plan. Stand-ins never reach the store or a report: estimate mode writes neither."""
+        have = stored(cfg)
+        k, curve, aa = have["K"], have["curve"], have["autoattack"]
         want_aa = cfg.evaluation.autoattack.eps is not None
         split = cfg.evaluation.split
         n = int(cfg.data.val_size if split == "val" else
                 cfg.data.get("test_subset") or cfg.data.get("synthetic", {}).get("n_test") or 10000)
         aa_n = int(cfg.evaluation.autoattack.n)
-        self.plan.append({"key": key, "K": k, "n": n, "aa_n": aa_n, "curve": curve is None,
-                          "autoattack": want_aa and aa is None, "cfg": cfg})
+        self.plan.append({"K": k, "n": n, "aa_n": aa_n, "curve_key": have["curve_key"], "curve_missing": curve is None,
+                          "autoattack_key": have["autoattack_key"], "autoattack_missing": want_aa and aa is None,
+                          "cfg": cfg})
         if curve is None:
             grid = check_grid(cfg.evaluation.eps_grid)
             curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
@@ -278,7 +295,7 @@ class TableRun:
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
         cfg = compose_config(ROW_CONFIG, [*self.row_base, *aa, *overrides])
         if self.plan is not None:
-            return self._planned(cfg, (*aa, *overrides))
+            return self._planned(cfg)
         return evaluate(cfg)
 
     def fill(self):

@@ -141,7 +141,7 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
     seconds: dict[str, float] = {}  # device -> wall time of the records computed there
     for r in recs:
         seconds[r.get("device", "?")] = seconds.get(r.get("device", "?"), 0.0) + r.get("wall_s", 0.0)
-    attack = instantiate(t.evaluate_cfg.evaluation.attack)  # the records' keys hold its settings
+    attack = instantiate(t.evaluate_cfg.evaluation.attack)  # its outcome on AutoAttack's points comes from the curves
     return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and {attack!r} on the same first "
             f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; this table's {len(recs)} records computed on "
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
@@ -150,12 +150,13 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
 def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, Path]:
     """This table's verdicts as <table>.claims.json, and claims.md regenerated from every table's json
     in reports/<scale>/ (each with the command that produced it)."""
-    if not verdicts:
-        return {}
-    doc = {"table": t.table, "scale": t.scale, "command": t.command(), "written": time.strftime("%Y-%m-%d %H:%M"),
-           "claims": [v.to_dict() for v in verdicts]}
     path = out / f"{t.table}.claims.json"
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    if not verdicts:
+        path.unlink(missing_ok=True)  # a table that no longer tests a claim leaves none behind in claims.md
+    else:
+        doc = {"table": t.table, "scale": t.scale, "command": t.command(), "written": time.strftime("%Y-%m-%d %H:%M"),
+               "claims": [v.to_dict() for v in verdicts]}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
     lines = [f"# The paper's claims at scale {t.scale}: verdicts written by the code", "",
              "Each verdict compares two models on the same test points (paired), each point's outcome the worst "
              "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
@@ -166,7 +167,7 @@ def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, P
         lines += [f"- **{c['verdict']}**: {c['claim']}. {c['detail']}" for c in d["claims"]] + [""]
     md = out / "claims.md"
     md.write_text("\n".join(lines))
-    return {"claims": md, "claims_json": path}
+    return {"claims": md, **({"claims_json": path} if verdicts else {})}
 
 
 def log_wandb(t: TableRun, rows, columns, png, verdicts: list[Verdict] = ()) -> None:
