@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.attacks import PGD
+from robust_ensembles.attacks import APGD, PGD
 from robust_ensembles.models import Classifier
 from tests.conftest import compose_train
 
@@ -25,8 +25,8 @@ def test_every_option_composes(group, option, tmp_path):
     cfg = compose_train([override], tmp_path)
     resolved = OmegaConf.to_container(cfg.model, resolve=True)  # interpolations resolve
     assert resolved["num_classes"] == cfg.data.num_classes
-    assert isinstance(instantiate(cfg.attack), PGD)
-    assert isinstance(instantiate(cfg.eval_attack), PGD)
+    assert isinstance(instantiate(cfg.attack), (PGD, APGD))   # any attack option can be selected for training
+    assert isinstance(instantiate(cfg.eval_attack), (PGD, APGD))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in ["autoattack", "experiment"] for o in options(g)]
@@ -66,7 +66,7 @@ def test_paper_recipe(tmp_path):
 def test_cpu_preset_uses_the_offline_archive(tmp_path):
     cfg = compose_train(["experiment=cpu"], tmp_path)
     assert cfg.data.source == "folder" and cfg.data.root.endswith("cifar10-jpeg-q75.tar.gz")
-    assert cfg.model._target_.endswith("small_cnn") and cfg.data.subset == 10000
+    assert cfg.model._target_.endswith("small_cnn") and cfg.data.subset == 20000 and cfg.model.convs == [2, 1, 1]
 
 
 def test_alpha_and_seed_are_top_level_sweep_axes(tmp_path):
