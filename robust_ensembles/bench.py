@@ -362,10 +362,13 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
 
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    head = f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; mode {cfg.bench.mode}"
+    if cfg.bench.mode == "eval_attacks":
+        e = cfg.bench.eval_attacks
+        return f"{head}; {len(e.rows)} rows, first {e.n} test points, eps {e.eps}; one curve per attack and row"
     b = cfg.bench.gpu_epoch if cfg.bench.mode == "gpu_epoch" else cfg.bench
     rounds = f"{b.repeats} epochs each" if cfg.bench.mode == "gpu_epoch" else f"{b.repeats} x {b.inner}"
-    return (f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-            f"mode {cfg.bench.mode}; batch {b.batch_size}; repeats {rounds}")
+    return f"{head}; batch {b.batch_size}; repeats {rounds}"
 
 
 def bench(cfg: DictConfig) -> Report:

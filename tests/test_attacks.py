@@ -161,11 +161,18 @@ def correct(model, x, y):
 
 @pytest.mark.parametrize("eps", [0.25, 0.5, 1.0])
 def test_apgd_is_never_weaker_than_pgd_per_point(trained, eps):
-    """Every point today's evaluation PGD (20 steps, keep-best) flips, APGD flips too."""
+    """Every point the former evaluation PGD (20 steps, keep-best) flips, the default evaluation attack
+    (conf/attack/apgd_eval.yaml, as configured) flips too."""
+    from omegaconf import OmegaConf
+    from robust_ensembles import CONFIG_DIR
+    from robust_ensembles.attacks import APGD
     model, x, y = trained
     torch.manual_seed(0)
+    default = OmegaConf.load(CONFIG_DIR / "attack" / "apgd_eval.yaml")
+    default.seed = 0
+    assert default._target_ == "robust_ensembles.attacks.APGD"
     by_pgd = correct(model, pgd(steps=20, keep_best=True)(model, x, y, eps=eps), y)
-    by_apgd = correct(model, apgd()(model, x, y, eps=eps), y)
+    by_apgd = correct(model, APGD(**{k: v for k, v in default.items() if k != "_target_"})(model, x, y, eps=eps), y)
     assert not (by_apgd & ~by_pgd).any(), f"points APGD left standing that PGD flipped: {(by_apgd & ~by_pgd).sum()}"
     assert by_apgd.float().mean() <= by_pgd.float().mean()
 

@@ -235,7 +235,8 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
         target_eps: 0.25
         scales:
           tiny: {experiment: tiny, alpha: 0.25, K_values: [1, 2], autoattack_n: 8,
-                 evaluate_overrides: [evaluation.attack.steps=2]}
+                 evaluate_overrides: [evaluation.attack.steps=2, evaluation.attack.targeted_steps=2,
+                                      evaluation.attack.target_classes=1, "evaluation.eps_grid=[0,0.25,0.5]"]}
     '''))
     # an override only the evaluation knows reaches the rows, not the training multirun
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "evaluation.batch_size=16"]
