@@ -32,6 +32,18 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def user_error_in(e: BaseException) -> UserError | None:
+    """The UserError behind `e`: itself, or the cause Hydra's `instantiate` wrapped (a bad value that a
+    constructor refused, e.g. `evaluation.attack.steps=0`, arrives as an InstantiationException)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UserError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def reporting_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """`task`, with a UserError reported as one line (see the module docstring)."""
 
@@ -39,8 +51,9 @@ def reporting_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictCo
     def run(cfg: DictConfig):
         try:
             return task(cfg)
-        except UserError as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as raised:
+            e = user_error_in(raised)
+            if e is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {e}", file=sys.stderr, flush=True)
             if _in_multirun():

@@ -73,6 +73,9 @@ def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
      "CIFAR-10 not found: /nonexistent/cifar.tar.gz does not exist"),
     ("train", ["alpha=0.1", "data=cifar10_jpeg", "data.root={corrupt}"], "is corrupt"),
     ("evaluate", ["K=0"], "K=0 must be an integer >= 1"),
+    # refused by a constructor inside hydra's instantiate (wrapped in an InstantiationException there)
+    ("evaluate", ["evaluation.attack.target_classes=-2"], "evaluation.attack.target_classes=-2 must be an integer >= 0"),
+    ("train", ["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
     ("finetune", ["composite.eps=-0.4"], "composite.eps=-0.4 must be a number >= 0"),
     ("tables", ["scale=tiny"], "table is not set; name one: table=<one of ['table1',"),
 ])
