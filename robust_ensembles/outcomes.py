@@ -31,6 +31,14 @@ def under_autoattack(aa: dict) -> torch.Tensor:
     return torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
 
 
+def covered(curve_outcomes: torch.Tensor, aa: dict) -> torch.Tensor:
+    """The curve's per-point outcomes, checked to cover the AutoAttack record's first n points."""
+    if len(curve_outcomes) < aa["n"]:
+        raise ConfigError(f"the AutoAttack record covers {aa['n']} points but the curve only {len(curve_outcomes)}; "
+                          f"evaluate the curve on at least evaluation.autoattack.n points.")
+    return curve_outcomes
+
+
 def applicable_autoattack(record: dict, eps: float) -> dict | None:
     """The record's AutoAttack record when its radius is <= eps (it then bounds the accuracy at eps)."""
     aa = record.get("autoattack")
@@ -43,12 +51,9 @@ def worst_case(record: dict, eps: float, autoattack: bool = True) -> torch.Tenso
     robust = under_curve(record, eps)
     aa = applicable_autoattack(record, eps) if autoattack else None
     if aa:
-        n = aa["n"]
-        if len(robust) < n:
-            raise ConfigError(f"the AutoAttack record covers {n} points but the curve only {len(robust)}; evaluate "
-                              f"the curve on at least evaluation.autoattack.n points.")
+        covered(robust, aa)
         robust = robust.clone()
-        robust[:n] &= under_autoattack(aa)
+        robust[:aa["n"]] &= under_autoattack(aa)
     return robust
 
 
@@ -72,10 +77,7 @@ def autoattack_columns(record: dict) -> dict | None:
     aa = record.get("autoattack")
     if not aa:
         return None
-    ours = under_curve(record, aa["eps"])[: aa["n"]]
+    ours = covered(under_curve(record, aa["eps"]), aa)[: aa["n"]]
     theirs = under_autoattack(aa)
-    if len(ours) < aa["n"]:
-        raise ConfigError(f"the AutoAttack record covers {aa['n']} points but the curve only {len(ours)}; "
-                          f"evaluate the curve on at least evaluation.autoattack.n points.")
     return {"n": aa["n"], "eps": aa["eps"], "autoattack": theirs.float().mean().item(),
             "attack": ours.float().mean().item(), "worst": (ours & theirs).float().mean().item()}
