@@ -45,8 +45,7 @@ def seeds_of(record: dict) -> str:
 
 
 def autoattack_of(records: list[dict]) -> list[dict]:
-    """The AutoAttack records of these rows, each with its row's columns on its points (`outcomes`)."""
-    return [{**r["autoattack"], "columns": outcomes.autoattack_columns(r)} for r in records if r.get("autoattack")]
+    return [r["autoattack"] for r in records if r.get("autoattack")]
 
 
 def worst_case_acc(record: dict, eps: float) -> tuple[float, int]:

@@ -45,9 +45,9 @@ def fill(t: TableRun) -> Filled:
     for alpha in t.s.alphas:
         r = t.evaluate_row([f"alpha={alpha}", f"K={t.s.K}"])
         records.append(r)
-        value, text = equivalent_eps(grid, [outcomes.paired_worst_case(r, by_eps[e], e)[0].float().mean().item()
-                                            for e in grid],
-                                     [outcomes.paired_worst_case(r, by_eps[e], e)[1].float().mean().item() for e in grid])
+        pairs = [outcomes.paired_worst_case(r, by_eps[e], e) for e in grid]  # both sides under the same attacks
+        value, text = equivalent_eps(grid, [ens.float().mean().item() for ens, _ in pairs],
+                                     [one.float().mean().item() for _, one in pairs])
         cells = row_cells(t, r, [0.0, *grid])
         rows.append({"alpha": alpha, "models": t.s.K, "single-robust-equivalent eps": text,
                      "ratio to alpha": "-" if math.isnan(value) else f"{value / alpha:.2f}", **cells, "n": r["n"],
