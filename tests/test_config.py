@@ -66,7 +66,7 @@ def test_paper_recipe(tmp_path):
 def test_cpu_preset_uses_the_offline_archive(tmp_path):
     cfg = compose_train(["experiment=cpu"], tmp_path)
     assert cfg.data.source == "folder" and cfg.data.root.endswith("cifar10-jpeg-q75.tar.gz")
-    assert cfg.model._target_.endswith("small_cnn") and cfg.data.subset == 20000 and cfg.model.convs == [2, 1, 1]
+    assert cfg.model._target_.endswith("small_cnn") and cfg.data.subset == 14000 and cfg.model.convs == [2, 1, 1]
 
 
 def test_alpha_and_seed_are_top_level_sweep_axes(tmp_path):
