@@ -4,8 +4,10 @@ ARGS ?=
 SCALE ?= cpu
 ESTIMATE ?=
 AUTOATTACK ?= run
+EPS ?= 0.5
+K ?= 4
 
-.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks profile clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search recommend profile clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,11 +36,18 @@ tables:  ## all three paper tables: trains their union first, then fills each (S
 table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only; AUTOATTACK=run|stored|off)
 	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
 
+recommend:  ## alpha for a target eps and K, searched on validation, reusing the store (EPS=0.5 K=4|null SCALE=cpu|paper)
+	$(PYTHON) -m robust_ensembles.recommend experiment=$(SCALE) target_eps=$(EPS) K=$(K) $(ARGS)
+
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
 
 bench-eval-attacks:  ## candidate evaluation attacks vs stored standard AutoAttack records: accuracy gap and cost / PGD-20 (docs/evaluation.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/evaluation-bench.md $(ARGS)
+
+bench-alpha-search:  ## models each alpha-search strategy trains on stand-in stores (needs optuna; docs/recommend.md)
+	$(PYTHON) -m pip install -q optuna
+	$(PYTHON) -m robust_ensembles.bench bench.mode=alpha_search bench.output=docs/bench-alpha-search.md $(ARGS)
 
 profile:  ## where a PGD training step's time goes: torch.profiler tables of a clean step and of the attack (docs/performance.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=profile $(ARGS)

@@ -13,6 +13,8 @@ Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeat
 epoch on the GPU fast path (data resident on the device, channels_last, bf16 autocast).
 `bench.mode=eval_attacks` compares candidate evaluation attacks with AutoAttack on stored models
 (accuracy gap and curve cost as a ratio to PGD-20; docs/evaluation.md).
+`bench.mode=alpha_search` counts the models each search strategy of the alpha recommender trains on
+stand-in stores whose robust gap is a known function of alpha (docs/recommend.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from robust_ensembles import cli, members, store
+from robust_ensembles.alpha_search import STRATEGIES, AlphaSearch, Settings, SyntheticBackend
 from robust_ensembles.attacks import PGD
 from robust_ensembles.checks import attacked_accuracy
 from robust_ensembles.data import random_crop, random_flip
@@ -360,9 +363,70 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
     return rep
 
 
+def bench_alpha_search(cfg: DictConfig) -> Report:
+    """Models trained until the recommendation is settled (within the resolution of the true smallest
+    passing alpha, found by brute force on the same grid), per strategy, over stand-in stores: the
+    bracketing searches (`search.strategy`), and Optuna's TPE sampler (what the Hydra Optuna sweeper runs)
+    on the penalised objective natural - 1[constraint missed], stopped by an oracle as soon as its best
+    passing alpha is the right one (a real run could not know when to stop, so this favours it)."""
+    a = cfg.bench.alpha_search
+    rep = Report()
+    settings = lambda strategy, budget=a.budget: Settings(a.target_eps, tuple(a.bracket), a.resolution, budget,
+                                                         a.margin, a.level, strategy=strategy)
+    cases = [(c, s) for c in a.crossings for s in a.slopes]
+    counts: dict[str, list[float]] = {}
+    misses: dict[str, int] = {}
+    for crossing, slope in cases:
+        oracle = AlphaSearch(settings("bisect"), SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
+        lo, hi = oracle.bracket()
+        grid = [oracle.s.snap(lo + i * a.resolution) for i in range(round((hi - lo) / a.resolution) + 1)]
+        truth = min((g for g in grid if oracle.trial(g, a.K).passes), default=None)
+        for strategy in STRATEGIES:
+            search = AlphaSearch(settings(strategy), SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
+            r = search.search(a.K)
+            ok = r.chosen is not None and truth is not None and truth - 1e-9 <= r.chosen.alpha <= truth + a.resolution + 1e-9
+            counts.setdefault(strategy, []).append(r.trained)
+            misses[strategy] = misses.get(strategy, 0) + (not ok)
+        trained, ok = optuna_search(settings("bisect"), a, crossing, slope, truth)
+        counts.setdefault("optuna_tpe", []).append(trained)
+        misses["optuna_tpe"] = misses.get("optuna_tpe", 0) + (not ok)
+    for name, c in counts.items():
+        rep.add(f"models trained, {name} (K={a.K}, {len(cases)} stand-in stores)",
+                (statistics.median(c), min(c), max(c)), f"mean {statistics.mean(c):.1f}; missed the answer "
+                f"in {misses[name]} of {len(cases)}")
+    rep.notes.append(f"stand-ins: crossing alpha {list(a.crossings)} x slope of the robust gap {list(a.slopes)}; "
+                     f"n={a.n} validation points, margin {a.margin}, resolution {a.resolution}, bracket "
+                     f"{list(a.bracket)} x eps_t={a.target_eps}; optuna_tpe capped at {a.optuna_max_trials} alphas")
+    return rep
+
+
+def optuna_search(settings: Settings, a: DictConfig, crossing: float, slope: float, truth: float | None) -> tuple[int, bool]:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("bench.mode=alpha_search compares with Optuna's TPE sampler: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = AlphaSearch(settings, SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
+    lo, hi = search.bracket()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=a.seed))
+    best = None
+    for _ in range(a.optuna_max_trials):
+        trial = study.ask()
+        alpha = search.s.snap(trial.suggest_float("alpha", lo, hi, step=a.resolution))
+        t = search.trial(alpha, a.K)
+        study.tell(trial, t.natural - (0.0 if t.passes else 1.0))
+        if t.passes and (best is None or alpha < best):
+            best = alpha
+        if best is not None and truth is not None and truth - 1e-9 <= best <= truth + a.resolution + 1e-9:
+            return search.trained, True
+    return search.trained, False
+
+
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     head = f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; mode {cfg.bench.mode}"
+    if cfg.bench.mode == "alpha_search":
+        return f"{head}; no torch work: stand-in stores (robust_ensembles.alpha_search.SyntheticBackend)"
     if cfg.bench.mode == "eval_attacks":
         e = cfg.bench.eval_attacks
         return f"{head}; {len(e.rows)} rows, first {e.n} test points, eps {e.eps}; one curve per attack and row"
@@ -387,8 +451,11 @@ def bench(cfg: DictConfig) -> Report:
         rep = bench_profile(cfg, device)
     elif cfg.bench.mode == "eval_attacks":
         rep = bench_eval_attacks(cfg, device)
+    elif cfg.bench.mode == "alpha_search":
+        rep = bench_alpha_search(cfg)
     else:
-        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile or eval_attacks.")
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile, eval_attacks "
+                          f"or alpha_search.")
     text = f"{header(cfg, device)}\n\n{rep.markdown()}\n"
     print(text, flush=True)
     if cfg.bench.output:

@@ -74,6 +74,17 @@ def training_overrides(base: list[str], overrides: list[str]) -> list[str]:
     return known
 
 
+def multirun(module: str, overrides: list[str]) -> None:
+    """`python -m <module> -m <overrides>` (a Hydra multirun through whatever launcher the overrides
+    name); failed jobs raise JobsFailedError after the others finished."""
+    cmd = [sys.executable, "-m", module, "-m", *overrides]
+    log.info("running: %s", " ".join(cmd))
+    rc = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
+    if rc != 0:
+        raise JobsFailedError(f"{module} multirun failed (exit {rc}; its failed jobs are reported above); "
+                              f"fix them and rerun the target: finished jobs are kept.")
+
+
 @dataclass
 class Needs:
     """What a table needs trained: seeds per alpha (the first n seeds), and composite options."""
@@ -170,12 +181,7 @@ class TableRun:
 
     # ------------------------------------------------------------------ running
     def multirun(self, module: str, overrides: list[str]) -> None:
-        cmd = [sys.executable, "-m", module, "-m", *self.base, *self.launcher, *overrides]
-        log.info("running: %s", " ".join(cmd))
-        rc = subprocess.run(cmd, cwd=PROJECT_ROOT).returncode
-        if rc != 0:
-            raise JobsFailedError(f"{module} multirun failed (exit {rc}; its failed jobs are reported above); "
-                                  f"fix them and rerun the target: finished jobs are kept.")
+        multirun(module, [*self.base, *self.launcher, *overrides])
 
     def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
         """Train these (alpha, seed) jobs and composites; returns what was trained."""

@@ -1,0 +1,34 @@
+"""Recommend the training radius alpha for a target eps and an ensemble size K: the paper's objective
+(highest natural accuracy while at least as robust at eps_t as the single model trained at eps_t),
+searched on the validation split, reusing the store and training only the alphas it needs.
+
+    python -m robust_ensembles.recommend experiment=cpu target_eps=0.5 K=4
+    python -m robust_ensembles.recommend experiment=cpu target_eps=0.5 K=null     # the smallest K that gains
+    python -m robust_ensembles.recommend experiment=paper target_eps=0.5 K=8 hydra/launcher=slurm
+
+`make recommend EPS=0.5 K=4 SCALE=cpu` is the same. Training runs as Hydra multiruns through
+`hydra/launcher=...`; the report goes to reports/<experiment>/recommend-eps<eps>-K<K>.{md,json,png}
+and wandb. See `robust_ensembles.alpha_search` and docs/recommend.md.
+"""
+
+from __future__ import annotations
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from robust_ensembles import cli
+from robust_ensembles.recommendation import recommend as run
+
+LAUNCHER = ("hydra/launcher", "hydra.launcher")
+
+
+def recommend(cfg: DictConfig) -> dict:
+    overrides = HydraConfig.get().overrides
+    launcher = [o for o in overrides.hydra if o.split("=", 1)[0].lstrip("+~").startswith(LAUNCHER)]
+    return run(cfg, list(overrides.task), launcher)
+
+
+main = cli.main("recommend")(recommend)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The alpha recommender: the search on a stubbed store whose robust gap is a known function of alpha
+(finds the crossing, keeps to the budget, a rerun trains nothing, the test set only after the
+choice), the one-line errors, and the store-backed run on tiny trained models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robust_ensembles import recommendation
+from robust_ensembles.alpha_search import VAL, AlphaSearch, Settings, SyntheticBackend
+from robust_ensembles.errors import ConfigError
+from robust_ensembles.paired import paired_difference
+from robust_ensembles.train import train
+from tests.conftest import compose_train
+
+T = 0.5          # target eps
+N = 1000         # validation / test points
+
+
+class Stub(SyntheticBackend):
+    def __init__(self, **kw):
+        super().__init__(T, n=N, **kw)
+
+    def passes(self, alpha, K, margin=0.01, level=0.95):
+        (_, r), (_, r1) = self.counts(alpha, K), self.single
+        return paired_difference([i < r for i in range(N)], [i < r1 for i in range(N)], level).low > -margin
+
+
+def settings(**kw) -> Settings:
+    base = dict(target_eps=T, bracket=(0.25, 1.0), resolution=0.02, budget=40, margin=0.01, level=0.95)
+    return Settings(**{**base, **kw})
+
+
+def smallest_passing(stub: Stub, K: int, res: float = 0.02) -> float:
+    """Brute force on the search's grid: the smallest alpha whose K-ensemble meets the constraint."""
+    grid = [round(i * res, 6) for i in range(int(0.125 / res), int(T / res) + 1)]
+    return min(a for a in grid if stub.passes(a, K))
+
+
+@pytest.mark.parametrize("crossing, slope", [(0.16, 0.4), (0.23, 0.2), (0.3, 0.4), (0.35, 0.2), (0.44, 0.1)])
+def test_search_finds_the_known_crossing_within_the_resolution_and_keeps_to_the_budget(crossing, slope):
+    stub = Stub(crossing=crossing, slope=slope)
+    truth = smallest_passing(stub, 4)
+    result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    assert result.chosen is not None and truth <= result.chosen.alpha <= truth + 0.02 + 1e-9
+    assert result.chosen.passes and result.chosen.alpha == min(t.alpha for t in result.trials if t.passes)
+    assert all(not t.passes for t in result.trials if t.alpha < result.chosen.alpha)
+    trained = sum(len(s) for _, s in stub.train_calls)
+    assert trained == result.trained <= 40
+    # far fewer alphas than the brute-force grid (20 points from 0.12 to 0.5)
+    assert len(result.trials) <= 6, [t.alpha for t in result.trials]
+
+
+def test_a_rerun_trains_nothing_and_reuses_stored_alphas():
+    stub = Stub(crossing=0.3)
+    first = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    calls = list(stub.train_calls)
+    again = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    assert stub.train_calls == calls and again.trained == 0
+    assert again.chosen.alpha == first.chosen.alpha
+    # an alpha already in the store near the interpolated point is evaluated instead of training a new one
+    stub = Stub(crossing=0.3, stored=[(0.3, s) for s in range(4)])
+    result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    assert 0.3 in [t.alpha for t in result.trials]
+    assert all(a != 0.3 for a, _ in stub.train_calls)
+
+
+def test_the_budget_stops_the_search_and_says_so():
+    stub = Stub(crossing=0.3)
+    # bracketing costs 8 models at K=4 (alpha 0.12 and 0.5, four seeds each; the single model is seed 0 at 0.5)
+    result = AlphaSearch(settings(budget=9), stub, log=lambda m: None).search(4)
+    assert sum(len(s) for _, s in stub.train_calls) == 8 and len(result.trials) == 2
+    assert "search.budget=9 spent" in result.stop and result.chosen.alpha == 0.5
+    with pytest.raises(ConfigError, match=r"search.budget=7 is too small to bracket alpha at K=4.*at least 8"):
+        AlphaSearch(settings(budget=7), Stub(), log=lambda m: None).search(4)
+
+
+def test_no_alpha_meets_the_constraint_and_the_low_end_already_meets_it():
+    stub = Stub(crossing=0.7)  # even alpha = eps_t falls short
+    result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    assert result.chosen is None and "misses the constraint" in result.stop and len(result.trials) == 1
+    stub = Stub(crossing=0.0)
+    result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    assert result.chosen.alpha == 0.12 and "lower end" in result.stop
+
+
+def test_smallest_k_meeting_the_constraint_with_a_natural_gain():
+    stub = Stub(crossing=0.4, per_K=0.02, gain_per_K=0.01)
+    s = settings(min_gain=0.05)
+    results = AlphaSearch(s, stub, log=lambda m: None).smallest_K([1, 2, 4, 8])
+    assert [r.K for r in results][-1] == results[-1].K and results[-1].gain_ok
+    assert all(not r.gain_ok for r in results[:-1])
+    # brute force: the first K whose smallest passing alpha gains at least 5 points (lower end of the interval)
+    def gain(K):
+        a = smallest_passing(stub, K)
+        (n_e, _), (n_s, _) = stub.counts(a, K), stub.single
+        return paired_difference([i < n_e for i in range(N)], [i < n_s for i in range(N)]).low
+    expected = next(K for K in (1, 2, 4, 8) if gain(K) >= 0.05)
+    assert results[-1].K == expected
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(target_eps=0.0), "target_eps=0.0 must be a number > 0"),
+    (dict(margin=-0.01), "search.margin=-0.01 must be >= 0"),
+    (dict(bracket=(0.5, 0.25)), "search.bracket=\\[0.5, 0.25\\] must be two fractions"),
+    (dict(budget=-1), "search.budget=-1 must be an integer >= 0"),
+])
+def test_bad_settings_get_one_clear_line(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**bad)
+
+
+def test_k_below_one_is_refused():
+    with pytest.raises(ConfigError, match="K=0 must be an integer >= 1"):
+        AlphaSearch(settings(), Stub(), log=lambda m: None).search(0)
+
+
+def recommend_cfg(tmp_path, *over):
+    return compose_train(["experiment=tiny", "target_eps=0.5", "logger=none", *over], tmp_path, config_name="recommend")
+
+
+def test_the_test_set_is_read_only_after_the_choice_and_the_report_is_written(tmp_path):
+    stub = Stub(crossing=0.3)
+    cfg = recommend_cfg(tmp_path, "K=4")
+    summary = recommendation.recommend(cfg, [], backend=stub)
+    splits = [split for _, _, split in stub.calls]
+    first_test = splits.index("test")
+    assert all(s == VAL for s in splits[:first_test])
+    assert stub.calls[first_test:] == [(summary["alpha"], 4, "test"), (0.5, 1, "test")]
+    md = (tmp_path / "reports" / "tiny" / "recommend-eps0.5-K4.md").read_text()
+    assert f"Recommended: alpha = {summary['alpha']:g} with K = 4" in md and "## Test (evaluated once, after the choice" in md
+    doc = json.loads((tmp_path / "reports" / "tiny" / "recommend-eps0.5-K4.json").read_text())
+    assert doc["alpha"] == summary["alpha"] and doc["models_trained"] == sum(len(s) for _, s in stub.train_calls)
+    assert (tmp_path / "reports" / "tiny" / "recommend-eps0.5-K4.png").stat().st_size > 0
+
+
+def test_on_the_store_it_reuses_trained_models_and_evaluates_validation_before_test(tmp_path):
+    """Tiny models trained beforehand: a zero budget trains nothing; the bracket's two ends and the single
+    model are read on validation, then the choice and the single model once on the test set."""
+    common = ["experiment=tiny", "evaluation.attack.steps=2", "evaluation.attack.targeted_steps=2",
+              "evaluation.attack.target_classes=1"]
+    for alpha, seed in [(0.5, 0), (0.5, 1), (0.12, 0), (0.12, 1)]:
+        train(compose_train(["experiment=tiny", f"alpha={alpha}", f"seed={seed}"], tmp_path))
+    over = [*common, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "target_eps=0.5", "K=2",
+            "search.budget=0", "search.margin=1.0"]   # margin 1: every alpha meets it, so the low end is chosen
+    backend = recommendation.StoreBackend(0.5, over)
+    assert backend.missing(0.5, 2) == [] and backend.stored_alphas(2) == [0.12, 0.5]
+    cfg = recommend_cfg(tmp_path, *common, "K=2", "search.budget=0", "search.margin=1.0")
+    summary = recommendation.recommend(cfg, over, backend=backend)
+    assert summary["alpha"] == 0.12 and summary["models_trained"] == 0
+    assert backend.evaluated == [(0.5, 1, "val"), (0.5, 2, "val"), (0.12, 2, "val"), (0.12, 2, "test"), (0.5, 1, "test")]
+    assert summary["test"]["single"]["n"] == summary["test"]["ensemble"]["n"] > 0
