@@ -37,7 +37,7 @@ table1 table2-size table2-equivalence:  ## one paper table: trains what is missi
 	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
 
 recommend:  ## alpha for a target eps and K, searched on validation, reusing the store (EPS=0.5 K=4|null SCALE=cpu|paper)
-	$(PYTHON) -m robust_ensembles.recommend experiment=$(SCALE) target_eps=$(EPS) K=$(K) $(ARGS)
+	$(PYTHON) -m robust_ensembles.recommend scale=$(SCALE) target_eps=$(EPS) K=$(K) $(ARGS)
 
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)

@@ -50,6 +50,10 @@ class Backend(Protocol):
         """Alphas whose first K seeds are all trained already (free to evaluate)."""
 
 
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
 @dataclass
 class Settings:
     target_eps: float
@@ -65,6 +69,13 @@ class Settings:
         t = self.target_eps
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ConfigError(f"target_eps={t!r} must be a number > 0 (the L2 radius to be robust at).")
+        if len(self.bracket) != 2 or not all(_number(f) for f in self.bracket):
+            raise ConfigError(f"search.bracket={list(self.bracket)} must be two numbers, fractions of target_eps, "
+                              f"e.g. [0.25, 1.0].")
+        for key, value in (("resolution", self.resolution), ("margin", self.margin), ("level", self.level),
+                           ("min_gain", self.min_gain)):
+            if not _number(value):
+                raise ConfigError(f"search.{key}={value!r} must be a number.")
         lo, hi = self.bracket
         if not 0 < lo < hi:
             raise ConfigError(f"search.bracket={list(self.bracket)} must be two fractions of target_eps with "
@@ -77,6 +88,10 @@ class Settings:
             raise ConfigError(f"search.strategy={self.strategy!r} is unknown; use one of {list(STRATEGIES)}.")
         if not self.margin >= 0:
             raise ConfigError(f"search.margin={self.margin} must be >= 0 (accuracy, e.g. 0.01 for one point).")
+        if not 0 < self.level < 1:
+            raise ConfigError(f"search.level={self.level} must be in (0, 1), e.g. 0.95.")
+        if not -1 <= self.min_gain <= 1:
+            raise ConfigError(f"search.min_gain={self.min_gain} must be an accuracy difference in [-1, 1], e.g. 0.01.")
 
     def snap(self, alpha: float) -> float:
         return round(round(alpha / self.resolution) * self.resolution, 6)
@@ -178,21 +193,31 @@ class AlphaSearch:
 
     # -------------------------------------------------------------- the search at one K
     def bracket(self) -> tuple[float, float]:
-        lo, hi = (self.s.snap(f * self.s.target_eps) for f in self.s.bracket)
-        if lo >= hi:
-            raise ConfigError(f"search.bracket={list(self.s.bracket)} x target_eps={self.s.target_eps:g} on a grid of "
-                              f"search.resolution={self.s.resolution:g} leaves no room: widen the bracket or refine "
-                              f"the resolution.")
+        """The bracket's two ends, exactly bracket x eps_t (the upper end is eps_t itself by default);
+        only the alphas tried inside it lie on the grid of `resolution`."""
+        lo, hi = (round(f * self.s.target_eps, 6) for f in self.s.bracket)
         return lo, hi
 
     def check_budget(self, K: int) -> None:
+        """Refuse a budget that cannot bracket: the single model, the K-ensemble at the upper end, and at
+        the lower end unless a stored alpha inside the bracket may take its place."""
         lo, hi = self.bracket()
-        need = self._cost([(self.s.target_eps, 1), (lo, K), (hi, K)])
+        jobs = [(self.s.target_eps, 1), (hi, K)]
+        if not [a for a in self.b.stored_alphas(K) if lo <= a < hi]:
+            jobs.append((lo, K))
+        need = self._cost(jobs)
         if len(need) > self.s.budget - self.trained:
             raise ConfigError(f"search.budget={self.s.budget} is too small to bracket alpha at K={K}: the single model "
-                              f"at eps={self.s.target_eps:g} and the {K}-ensembles at alpha={lo:g} and {hi:g} need "
+                              f"at eps={self.s.target_eps:g} and the {K}-ensembles at alpha="
+                              f"{' and '.join(f'{a:g}' for _, a in sorted({(a, a) for a, _ in jobs[1:]}))} need "
                               f"{len(need)} more trained models ({self.trained} already trained by this search); "
                               f"raise search.budget to at least {len(need) + self.trained}.")
+
+    def candidates(self) -> list[float]:
+        """Every alpha the search may try: the bracket's two ends and the grid points strictly between."""
+        lo, hi, res = *self.bracket(), self.s.resolution
+        inside = [self.s.snap(k * res) for k in range(math.floor(lo / res), math.ceil(hi / res) + 1)]
+        return [lo, *sorted({g for g in inside if lo + 1e-9 < g < hi - 1e-9}), hi]
 
     def propose(self, fail: Trial, ok: Trial, K: int, tried: set[float]) -> float | None:
         """The next alpha strictly inside (fail.alpha, ok.alpha), or None when the grid has none left."""
@@ -205,12 +230,13 @@ class AlphaSearch:
         free = [f for f in self.b.stored_alphas(K) if a < f < b and f not in tried and abs(f - x) <= width / 4]
         if free:
             return min(free, key=lambda f: abs(f - x))
-        res = self.s.resolution
-        inside = [self.s.snap(k * res) for k in range(math.floor(a / res), math.ceil(b / res) + 1)]
-        inside = [g for g in inside if a + 1e-9 < g < b - 1e-9 and g not in tried]
+        inside = [g for g in self.candidates() if a + 1e-9 < g < b - 1e-9 and g not in tried]
         return min(inside, key=lambda g: abs(g - x)) if inside else None
 
     def search(self, K: int) -> Result:
+        """Upper end first (it must meet the constraint); then the alphas already in the store inside the
+        bracket, free, by bisection over them; the lower end is trained only if none of those fails; then
+        the interpolated steps until the bracket is one grid step wide or the budget is spent."""
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ConfigError(f"K={K!r} must be an integer >= 1 (the ensemble size), or null for the smallest K "
                               f"of search.K_values that meets the constraint.")
@@ -219,38 +245,61 @@ class AlphaSearch:
         _, single = self.single()
         lo, hi = self.bracket()
         trials = [self.trial(hi, K)]
+        done = lambda stop, chosen=True: Result(K, trials, single, self.choose(trials) if chosen else None, stop,
+                                                self.trained - start_trained)
         if not trials[0].passes:
-            return Result(K, trials, single, None, f"the upper end alpha={hi:g} misses the constraint: no alpha in the "
-                          f"bracket meets it at K={K}", self.trained - start_trained)
-        trials.append(self.trial(lo, K))
-        stop = f"the bracket [{lo:g}, {hi:g}] narrowed to search.resolution={self.s.resolution:g}"
-        if trials[-1].passes:
-            stop = f"the lower end alpha={lo:g} already meets the constraint (lower search.bracket to look below it)"
-        else:
-            while True:
-                ok = min((t for t in trials if t.passes), key=lambda t: t.alpha)
-                fail = max((t for t in trials if not t.passes and t.alpha < ok.alpha), key=lambda t: t.alpha)
-                if ok.alpha - fail.alpha <= self.s.resolution + 1e-9:
-                    break
-                nxt = self.propose(fail, ok, K, {t.alpha for t in trials})
-                if nxt is None:
-                    break
-                cost = len(self._cost([(nxt, K)]))
-                if self.trained + cost > self.s.budget:
-                    stop = (f"search.budget={self.s.budget} spent: alpha={nxt:g} would train {cost} more model(s); "
+            return done(f"the upper end alpha={hi:g} misses the constraint: no alpha in the bracket meets it at K={K}",
+                        chosen=False)
+
+        def ends() -> tuple[Trial | None, Trial]:
+            ok = min((t for t in trials if t.passes), key=lambda t: t.alpha)
+            fails = [t for t in trials if not t.passes and t.alpha < ok.alpha]
+            return (max(fails, key=lambda t: t.alpha) if fails else None), ok
+
+        while True:  # free: stored alphas inside the bracket, bisected
+            fail, ok = ends()
+            a = fail.alpha if fail else lo
+            free = sorted(f for f in self.b.stored_alphas(K) if a - 1e-9 <= f < ok.alpha - 1e-9
+                          and f not in {t.alpha for t in trials} and (fail is not None or f >= lo - 1e-9))
+            if not free:
+                break
+            trials.append(self.trial(free[len(free) // 2], K))
+        fail, ok = ends()
+        if fail is None and ok.alpha > lo + 1e-9:
+            cost = len(self._cost([(lo, K)]))
+            if self.trained + cost > self.s.budget:
+                return done(f"search.budget={self.s.budget} spent before the lower end alpha={lo:g} ({cost} more "
+                            f"model(s)) could bracket the crossing: every alpha tried meets the constraint")
+            trials.append(self.trial(lo, K))
+        fail, ok = ends()
+        if fail is None:
+            return done(f"the lower end alpha={lo:g} already meets the constraint (lower search.bracket to look below it)")
+        while True:
+            fail, ok = ends()
+            if ok.alpha - fail.alpha <= self.s.resolution + 1e-9:
+                return done(f"the bracket [{fail.alpha:g}, {ok.alpha:g}] is within search.resolution={self.s.resolution:g}")
+            nxt = self.propose(fail, ok, K, {t.alpha for t in trials})
+            if nxt is None:
+                return done(f"no grid alpha (search.resolution={self.s.resolution:g}) is left inside "
+                            f"[{fail.alpha:g}, {ok.alpha:g}]")
+            cost = len(self._cost([(nxt, K)]))
+            if self.trained + cost > self.s.budget:
+                return done(f"search.budget={self.s.budget} spent: alpha={nxt:g} would train {cost} more model(s); "
                             f"the bracket is [{fail.alpha:g}, {ok.alpha:g}]")
-                    break
-                trials.append(self.trial(nxt, K))
-        passing = [t for t in trials if t.passes]
-        chosen = max(passing, key=lambda t: (t.natural, -t.alpha))
-        return Result(K, trials, single, chosen, stop, self.trained - start_trained)
+            trials.append(self.trial(nxt, K))
+
+    @staticmethod
+    def choose(trials: list[Trial]) -> Trial:
+        """The passing alpha with the highest validation natural accuracy (ties: the smaller alpha)."""
+        return max((t for t in trials if t.passes), key=lambda t: (t.natural, -t.alpha))
 
     def smallest_K(self, K_values: Sequence[int]) -> list[Result]:
         """The reverse question: the searches at each K of K_values in increasing order, until one's
         recommendation gains at least min_gain natural accuracy over the single model (the lower end of
         its paired interval); the last result answers, its `gain_ok` says whether it met the gain."""
-        if not K_values:
-            raise ConfigError("search.K_values is empty: list the ensemble sizes to try for K=null, e.g. [1, 2, 4, 8].")
+        if not K_values or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in K_values):
+            raise ConfigError(f"search.K_values={list(K_values)} must list ensemble sizes (integers >= 1) to try for "
+                              f"K=null, e.g. [1, 2, 4, 8].")
         results = []
         for K in sorted(K_values):
             try:

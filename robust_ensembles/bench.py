@@ -314,8 +314,8 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
     e = cfg.bench.eval_attacks
     rep = Report()
     contenders = {"baseline": list(e.baseline), **{k: list(v) for k, v in e.candidates.items()}}
-    lines = ["| row | attack | acc at eps (AA points) | AutoAttack | attack - AA | wall s | / baseline |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| row | attack | acc at eps (AA points) | AutoAttack | attack - AA | flipped by AA only | by the attack only "
+             "| wall s | / baseline |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     ratios: dict[str, list[float]] = {k: [] for k in e.candidates}
     gaps: dict[str, list[float]] = {k: [] for k in contenders}
     for row in e.rows:
@@ -344,12 +344,14 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
                                for i in range(0, len(y), bs)])
             seconds[name] = time.perf_counter() - t0
             ours = flips > e.eps + 1e-12
+            theirs = torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
+            aa_only, ours_only = int((ours & ~theirs).sum()), int((~ours & theirs).sum())  # per-point disagreement
             accs[name] = ours.float().mean().item()
             gaps[name].append(accs[name] - aa["autoattack_acc"])
             if name != "baseline":
                 ratios[name].append(seconds[name] / seconds["baseline"])
             lines.append(f"| {label} | {name}: {attack!r} | {100 * accs[name]:.2f} | {100 * aa['autoattack_acc']:.2f} | "
-                         f"{100 * (accs[name] - aa['autoattack_acc']):+.2f} | {seconds[name]:.0f} | "
+                         f"{100 * (accs[name] - aa['autoattack_acc']):+.2f} | {aa_only} | {ours_only} | {seconds[name]:.0f} | "
                          f"{seconds[name] / seconds['baseline']:.2f} |")
             print(lines[-1], flush=True)
     for name in e.candidates:
@@ -378,18 +380,17 @@ def bench_alpha_search(cfg: DictConfig) -> Report:
     misses: dict[str, int] = {}
     for crossing, slope in cases:
         oracle = AlphaSearch(settings("bisect"), SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
-        lo, hi = oracle.bracket()
-        grid = [oracle.s.snap(lo + i * a.resolution) for i in range(round((hi - lo) / a.resolution) + 1)]
-        truth = min((g for g in grid if oracle.trial(g, a.K).passes), default=None)
+        truth = min((g for g in oracle.candidates() if oracle.trial(g, a.K).passes), default=None)
         for strategy in STRATEGIES:
             search = AlphaSearch(settings(strategy), SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
             r = search.search(a.K)
             ok = r.chosen is not None and truth is not None and truth - 1e-9 <= r.chosen.alpha <= truth + a.resolution + 1e-9
             counts.setdefault(strategy, []).append(r.trained)
             misses[strategy] = misses.get(strategy, 0) + (not ok)
-        trained, ok = optuna_search(settings("bisect"), a, crossing, slope, truth)
-        counts.setdefault("optuna_tpe", []).append(trained)
-        misses["optuna_tpe"] = misses.get("optuna_tpe", 0) + (not ok)
+        if a.optuna:
+            trained, ok = optuna_search(settings("bisect"), a, crossing, slope, truth)
+            counts.setdefault("optuna_tpe", []).append(trained)
+            misses["optuna_tpe"] = misses.get("optuna_tpe", 0) + (not ok)
     for name, c in counts.items():
         rep.add(f"models trained, {name} (K={a.K}, {len(cases)} stand-in stores)",
                 (statistics.median(c), min(c), max(c)), f"mean {statistics.mean(c):.1f}; missed the answer "
@@ -404,7 +405,8 @@ def optuna_search(settings: Settings, a: DictConfig, crossing: float, slope: flo
     try:
         import optuna
     except ImportError:
-        raise ConfigError("bench.mode=alpha_search compares with Optuna's TPE sampler: pip install optuna") from None
+        raise ConfigError("bench.alpha_search.optuna=true compares with Optuna's TPE sampler: pip install optuna "
+                          "(or bench.alpha_search.optuna=false)") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = AlphaSearch(settings, SyntheticBackend(a.target_eps, crossing, slope, a.n), log=lambda m: None)
     lo, hi = search.bracket()

@@ -2,12 +2,12 @@
 (highest natural accuracy while at least as robust at eps_t as the single model trained at eps_t),
 searched on the validation split, reusing the store and training only the alphas it needs.
 
-    python -m robust_ensembles.recommend experiment=cpu target_eps=0.5 K=4
-    python -m robust_ensembles.recommend experiment=cpu target_eps=0.5 K=null     # the smallest K that gains
-    python -m robust_ensembles.recommend experiment=paper target_eps=0.5 K=8 hydra/launcher=slurm
+    python -m robust_ensembles.recommend scale=cpu target_eps=0.5 K=4
+    python -m robust_ensembles.recommend scale=cpu target_eps=0.5 K=null      # the smallest K that gains
+    python -m robust_ensembles.recommend scale=paper target_eps=0.5 K=8 hydra/launcher=slurm
 
 `make recommend EPS=0.5 K=4 SCALE=cpu` is the same. Training runs as Hydra multiruns through
-`hydra/launcher=...`; the report goes to reports/<experiment>/recommend-eps<eps>-K<K>.{md,json,png}
+`hydra/launcher=...`; the report goes to reports/<scale>/recommend-eps<eps>-K<K>.{md,json,png}
 and wandb. See `robust_ensembles.alpha_search` and docs/recommend.md.
 """
 

@@ -1,11 +1,15 @@
 """Recommend alpha for a target eps on the store: the search of `alpha_search` with training as Hydra
 multiruns (any launcher) and evaluation as store records, then one evaluation of the choice on the
-test set, and its report (Markdown, JSON, PNG under reports/<experiment>/, and wandb).
+test set, and its report (Markdown, JSON, PNG under reports/<scale>/, and wandb).
 
-* Validation records are the tables' own (`conf/tables.yaml` settings, grid [0, eps_t], split val):
-  Table 1's choice of alpha and this search share them, as they share every trained model.
-* Only after the choice: the recommended K-ensemble and the single model at eps_t are evaluated on
-  the test split (the tables' grid, so their test records are the tables' rows), and compared paired.
+Every evaluation is one that a table makes (`recommend.table`, Table 1, at `scale`: the same
+experiment, evaluation overrides and AutoAttack points), so the store shares them both ways:
+* validation: the radii [0, eps_t] on the validation split, exactly Table 1's choice of alpha;
+* test, only after the choice: the recommended K-ensemble and the single model at eps_t as Table 1
+  evaluates its rows (the scale's radius grid, and its AutoAttack column per `autoattack_column`),
+  compared paired.
+Models the search trains skip their own end-of-training test (`run_test=false`): nothing reads the
+test set before the choice.
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from robust_ensembles.errors import ConfigError
 from robust_ensembles.identity import members_query, training_run, with_radius
 from robust_ensembles.paired import paired_difference
 from robust_ensembles.paper_tables import driver
-from robust_ensembles.robustness import evaluate
 
 log = logging.getLogger(__name__)
-CONFIG = "recommend"
 TEST = "test"
-OWN_KEYS = ("target_eps", "K", "search")  # this command's keys: never passed to training
+# this command's own keys: never passed on to the table's training or evaluation configs
+OWN_KEYS = ("target_eps", "K", "search", "scale", "table", "autoattack_column", "estimate", "sweeps_dir")
 
 
 def _key(override: str) -> str:
@@ -36,39 +39,42 @@ def _key(override: str) -> str:
 
 
 class StoreBackend:
-    """`alpha_search.Backend` on the store: the user's overrides reach every training multirun (those the
-    training config knows) and every evaluation; `launcher` overrides reach the multiruns."""
+    """`alpha_search.Backend` on the store, through a table's run (`driver.TableRun`): its training
+    multiruns (the user's overrides that the training config knows; `launcher` overrides) and its row
+    evaluations (every user override)."""
 
-    def __init__(self, target_eps: float, overrides: list[str], launcher: list[str] | None = None):
-        self.target_eps = target_eps
-        self.overrides = [o for o in overrides if _key(o).split(".")[0] not in OWN_KEYS]
-        self.train_base = driver.training_overrides([], self.overrides)
-        self.launcher = list(launcher or [])
-        self.train_cfg = driver.compose_config("train", self.train_base)
-        self.evaluated: list[tuple[float, int, str]] = []  # in order: what was evaluated where
+    def __init__(self, cfg: DictConfig, overrides: list[str], launcher: list[str] | None = None):
+        if any(_key(o) == "seeds" for o in overrides):
+            raise ConfigError("seeds=... is not used by recommend: a K-ensemble at each alpha is seeds 0..K-1 "
+                              "(trained when missing); drop the override.")
+        self.target_eps = float(cfg.target_eps)
+        user = [o for o in overrides if _key(o).split(".")[0] not in OWN_KEYS]
+        self.table = driver.TableRun(str(cfg.table), str(cfg.scale), user, str(cfg.autoattack_column),
+                                     cfg.sweeps_dir, launcher)
+        self.train_cfg = driver.compose_config("train", self.table.base)
+        self.evaluated: list[tuple[float, int, str]] = []  # in order: what was evaluated on which split
 
     def missing(self, alpha: float, K: int) -> list[int]:
         return [s for s in range(K) if not training_run(with_radius(self.train_cfg, alpha, s)).complete]
 
     def train(self, alpha: float, seeds: list[int]) -> None:
-        driver.multirun("robust_ensembles.train", [*self.train_base, *self.launcher, f"alpha={alpha}",
-                                                   "seed=" + ",".join(map(str, seeds))])
+        self.table.multirun("robust_ensembles.train", [f"alpha={alpha}", "seed=" + ",".join(map(str, seeds)),
+                                                       "run_test=false"])
 
-    def config(self, alpha: float, K: int, split: str) -> DictConfig:
-        target_eps = self.target_eps
-        if split == VAL:  # the search: the evaluation attack alone, on the two radii it reads
-            extra = [f"evaluation.eps_grid=[0,{target_eps}]", "evaluation.autoattack.eps=null"]
-        else:
-            extra = []
-        cfg = driver.compose_config(CONFIG, [*self.overrides, f"target_eps={target_eps}", f"alpha={alpha}", f"K={K}", "members=seeds",
-                                             f"evaluation.split={split}", *extra])
-        if split != VAL and not any(abs(e - target_eps) < 1e-9 for e in cfg.evaluation.eps_grid):
-            cfg.evaluation.eps_grid = sorted([*cfg.evaluation.eps_grid, target_eps])
-        return cfg
+    def row(self, alpha: float, K: int, split: str) -> list[str]:
+        """The row overrides: on validation Table 1's choice of alpha; on test Table 1's rows (the scale's grid,
+        with eps_t added when it is not on it)."""
+        t = self.target_eps
+        over = [f"alpha={alpha}", f"K={K}"]
+        if split == VAL:
+            return [*over, f"evaluation.eps_grid=[0,{t:g}]", "evaluation.split=val"]
+        grid = list(self.table.evaluate_cfg.evaluation.eps_grid)
+        extra = [] if any(abs(e - t) < 1e-9 for e in grid) else [f"evaluation.eps_grid=[{','.join(f'{e:g}' for e in sorted([*grid, t]))}]"]
+        return ["members=seeds", *over, *extra]
 
     def evaluate(self, alpha: float, K: int, split: str) -> dict:
         self.evaluated.append((alpha, K, split))
-        return evaluate(self.config(alpha, K, split))
+        return self.table.evaluate_row(self.row(alpha, K, split), autoattack=split != VAL)
 
     def stored_alphas(self, K: int) -> list[float]:
         root = self.train_cfg.store.root  # (the attack's radius follows alpha: each alpha is its own query)
@@ -79,8 +85,7 @@ class StoreBackend:
 
 def settings(cfg: DictConfig) -> Settings:
     s = cfg.search
-    return Settings(cfg.target_eps, tuple(s.bracket), float(s.resolution), s.budget, float(s.margin), float(s.level),
-                    float(s.min_gain), str(s.strategy))
+    return Settings(cfg.target_eps, tuple(s.bracket), s.resolution, s.budget, s.margin, s.level, s.min_gain, s.strategy)
 
 
 def recommend(cfg: DictConfig, overrides: list[str], launcher: list[str] | None = None,
@@ -91,12 +96,13 @@ def recommend(cfg: DictConfig, overrides: list[str], launcher: list[str] | None 
     if OmegaConf.is_missing(cfg, "target_eps"):
         raise ConfigError("target_eps is not set: name the radius to be robust at, e.g. target_eps=0.5.")
     s = settings(cfg)
-    b = backend if backend is not None else StoreBackend(s.target_eps, overrides, launcher)
+    b = backend if backend is not None else StoreBackend(cfg, overrides, launcher)
     search = AlphaSearch(s, b, log=lambda m: print(m, flush=True))
     results = search.smallest_K(list(cfg.search.K_values)) if cfg.K is None else [search.search(cfg.K)]
     final = results[-1]
-    test = test_comparison(b, final, s) if final.chosen is not None else None
-    summary = summarise(cfg, results, test, search.trained, time.perf_counter() - start)
+    answered = final.chosen is not None and final.gain_ok is not False
+    test = test_comparison(b, final, s) if answered else None
+    summary = summarise(cfg, results, test, search.trained, time.perf_counter() - start, answered)
     summary["paths"] = {k: str(v) for k, v in write_report(cfg, summary).items()}
     print(Path(summary["paths"]["md"]).read_text(), flush=True)
     return summary
@@ -117,16 +123,20 @@ def test_comparison(b: Backend, result: Result, s: Settings) -> dict:
             "autoattack_included": outcomes.paired_autoattack(ens, single, t)}
 
 
-def summarise(cfg: DictConfig, results: list[Result], test: dict | None, trained: int, wall_s: float) -> dict:
+def summarise(cfg: DictConfig, results: list[Result], test: dict | None, trained: int, wall_s: float,
+              answered: bool) -> dict:
     final = results[-1]
     return {
-        "target_eps": float(cfg.target_eps), "K": cfg.K, "K_chosen": final.K if final.chosen else None,
-        "alpha": final.chosen.alpha if final.chosen else None, "experiment": cfg.name,
+        "target_eps": float(cfg.target_eps), "K": cfg.K, "K_chosen": final.K if answered else None,
+        "alpha": final.chosen.alpha if answered else None, "scale": str(cfg.scale),
         "search": OmegaConf.to_container(cfg.search, resolve=True),
         "results": [{"K": r.K, "stop": r.stop, "trained": r.trained, "gain_ok": r.gain_ok, "notes": r.notes,
                      "single": vars(r.single), "chosen": r.chosen.alpha if r.chosen else None,
                      "trials": [t.to_dict() for t in r.trials]} for r in results],
         "models_trained": trained, "wall_s": wall_s, "test": test,
+        "no_answer": None if answered else (final.stop if final.chosen is None else
+                                            f"no K of search.K_values={list(cfg.search.K_values)} gains "
+                                            f"search.min_gain={cfg.search.min_gain:g} natural accuracy at its best alpha"),
         "command": "python -m robust_ensembles.recommend " + " ".join(_task_overrides()),
         "written": time.strftime("%Y-%m-%d %H:%M"), "git_commit": store.git_commit(),
     }
@@ -145,13 +155,13 @@ def markdown(summary: dict) -> str:
     t, final = summary["target_eps"], summary["results"][-1]
     K = final["K"]
     if summary["alpha"] is None:
-        head = f"**No recommendation**: {final['stop']}."
+        head = f"**No recommendation**: {summary['no_answer']}."
     else:
         head = (f"**Recommended: alpha = {summary['alpha']:g} with K = {K}** (validation: the {K}-ensemble at this alpha "
                 f"is non-inferior at eps={t:g} to the single model trained at eps={t:g}, margin "
                 f"{100 * summary['search']['margin']:g} point(s), with the highest natural accuracy of the alphas that are).")
     lines = [f"# Recommend alpha for eps_t = {t:g}, K = {summary['K'] if summary['K'] is not None else 'smallest'} "
-             f"({summary['experiment']})", "", head, "",
+             f"(scale {summary['scale']})", "", head, "",
              f"`{summary['command']}` (written {summary['written']}, commit {summary['git_commit'] or '?'}); "
              f"{summary['models_trained']} model(s) trained, wall {summary['wall_s'] / 60:.1f} min.", ""]
     for r in summary["results"]:
@@ -181,7 +191,7 @@ def markdown(summary: dict) -> str:
                   f"| single alpha={t:g} | {pct(s['natural'])} | {pct(s['robust'])} |", "",
                   f"Ensemble - single on the same {e['n']} test points, 95 % paired intervals "
                   f"({test['robust_diff']['method']}): robust at eps={t:g} {test['robust_text']}; clean {test['clean_text']}. "
-                  f"Attacks: the evaluation attack on the tables' radius grid"
+                  f"Attacks: the evaluation attack on the scale's radius grid, as in Table 1"
                   f"{' and AutoAttack on its points' if test['autoattack_included'] else ''}, worst case per point.", ""]
     lines += ["The search: `robust_ensembles/alpha_search.py` (bracket, safeguarded regula falsi on the slack of the "
               "paired non-inferiority test; docs/recommend.md).", ""]
@@ -214,7 +224,7 @@ def plot(summary: dict, path: Path) -> None:
                    label=f"single alpha={t:g} (test)")
     ax.set_xlabel(f"robust accuracy at eps={t:g}")
     ax.set_ylabel("natural accuracy")
-    ax.set_title(f"alpha tried for eps_t={t:g} ({summary['experiment']}); labels: alpha, * = chosen", fontsize=9)
+    ax.set_title(f"alpha tried for eps_t={t:g} (scale {summary['scale']}); labels: alpha, * = chosen", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -224,7 +234,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_report(cfg: DictConfig, summary: dict) -> dict[str, Path]:
-    out = Path(cfg.paths.root_dir) / "reports" / cfg.name
+    out = Path(cfg.paths.root_dir) / "reports" / str(cfg.scale)
     stem = f"recommend-eps{summary['target_eps']:g}-K{summary['K'] if summary['K'] is not None else 'min'}"
     paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +250,7 @@ def log_wandb(cfg: DictConfig, summary: dict, paths: dict[str, Path]) -> None:
         return
     import wandb
     run = wandb.init(project=cfg.logger.project, group="recommend", job_type="recommend",
-                     name=paths["md"].stem + f"-{cfg.name}", dir=cfg.logger.save_dir, mode=cfg.logger.mode,
+                     name=paths["md"].stem + f"-{cfg.scale}", dir=cfg.logger.save_dir, mode=cfg.logger.mode,
                      reinit="finish_previous")
     columns = ["K", "alpha", "models trained", "natural", "robust", "diff", "low", "high", "meets"]
     data = [[r["K"], tr["alpha"], tr["trained"], tr["natural"], tr["robust"], tr["robust_diff"]["estimate"],

@@ -66,3 +66,39 @@ def test_gpu_epoch_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
         bench(compose_bench(tmp_path, "bench.mode=gpu_epoch", "bench.device=auto"))
+
+
+def test_alpha_search_mode_counts_models_per_strategy_and_finds_every_answer(tmp_path):
+    rep = bench(compose_bench(tmp_path, "bench.mode=alpha_search", "bench.alpha_search.optuna=false",
+                              "bench.alpha_search.crossings=[0.2,0.33]", "bench.alpha_search.slopes=[0.4]"))
+    names = [r[0] for r in rep.rows]
+    assert names == ["models trained, interpolate (K=4, 2 stand-in stores)", "models trained, bisect (K=4, 2 stand-in stores)"]
+    assert all(r[4].endswith("missed the answer in 0 of 2") for r in rep.rows)
+    assert all(8 <= r[2] <= r[1] <= r[3] for r in rep.rows)  # at least the bracket's two ends (4 seeds each)
+
+
+def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path):
+    from robust_ensembles.train import train
+    from tests.conftest import compose_train
+
+    train(compose_train(["experiment=tiny", "alpha=0.25", "seed=0"], tmp_path))
+    cfg = compose_bench(tmp_path, "bench.mode=eval_attacks", "bench.eval_attacks.n=16",
+                        "bench.eval_attacks.compute_autoattack=true")
+    e = cfg.bench.eval_attacks
+    e.overrides = ["experiment=tiny", f"paths.root_dir={tmp_path}", "logger=none", "checks.autoattack.version=custom",
+                   "checks.autoattack.attacks=[apgd-ce]", "checks.autoattack.apgd_iterations=5",
+                   "evaluation.eps_grid=[0,0.25,0.5]"]
+    e.rows = [["alpha=0.25", "K=1"]]
+    e.baseline = ["attack@evaluation.attack=pgd_l2_eval20", "evaluation.attack.steps=2"]
+    e.candidates = {"apgd2": ["evaluation.attack.steps=2", "evaluation.attack.target_classes=1",
+                              "evaluation.attack.targeted_steps=2"]}
+    rep = bench(cfg)
+    [row] = rep.rows
+    assert row[0] == "apgd2: time / baseline (median over rows)" and math.isfinite(row[1]) and row[1] > 0
+    table = [line for line in rep.notes[0].splitlines() if line.startswith("| alpha=0.25")]
+    assert len(table) == 2  # the baseline and the candidate, on the same 16 points
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        acc, aa, gap, aa_only, ours_only = float(cells[2]), float(cells[3]), float(cells[4]), int(cells[5]), int(cells[6])
+        assert gap == pytest.approx(acc - aa, abs=0.011)
+        assert (aa_only - ours_only) == round((acc - aa) * 16 / 100)  # the gap is the per-point disagreement

@@ -24,8 +24,9 @@ class Stub(SyntheticBackend):
         super().__init__(T, n=N, **kw)
 
     def passes(self, alpha, K, margin=0.01, level=0.95):
+        """The constraint, computed directly from the known counts (not through the search's code path)."""
         (_, r), (_, r1) = self.counts(alpha, K), self.single
-        return paired_difference([i < r for i in range(N)], [i < r1 for i in range(N)], level).low > -margin
+        return paired_difference([i < r for i in range(self.n)], [i < r1 for i in range(self.n)], level).low > -margin
 
 
 def settings(**kw) -> Settings:
@@ -33,10 +34,10 @@ def settings(**kw) -> Settings:
     return Settings(**{**base, **kw})
 
 
-def smallest_passing(stub: Stub, K: int, res: float = 0.02) -> float:
-    """Brute force on the search's grid: the smallest alpha whose K-ensemble meets the constraint."""
-    grid = [round(i * res, 6) for i in range(int(0.125 / res), int(T / res) + 1)]
-    return min(a for a in grid if stub.passes(a, K))
+def smallest_passing(stub: Stub, K: int, **kw) -> float:
+    """Brute force over every alpha the search may try: the smallest whose K-ensemble meets the constraint."""
+    search = AlphaSearch(settings(**kw), stub, log=lambda m: None)
+    return min(a for a in search.candidates() if stub.passes(a, K))
 
 
 @pytest.mark.parametrize("crossing, slope", [(0.16, 0.4), (0.23, 0.2), (0.3, 0.4), (0.35, 0.2), (0.44, 0.1)])
@@ -69,7 +70,7 @@ def test_a_rerun_trains_nothing_and_reuses_stored_alphas():
 
 def test_the_budget_stops_the_search_and_says_so():
     stub = Stub(crossing=0.3)
-    # bracketing costs 8 models at K=4 (alpha 0.12 and 0.5, four seeds each; the single model is seed 0 at 0.5)
+    # bracketing costs 8 models at K=4 (alpha 0.125 and 0.5, four seeds each; the single model is seed 0 at 0.5)
     result = AlphaSearch(settings(budget=9), stub, log=lambda m: None).search(4)
     assert sum(len(s) for _, s in stub.train_calls) == 8 and len(result.trials) == 2
     assert "search.budget=9 spent" in result.stop and result.chosen.alpha == 0.5
@@ -83,7 +84,27 @@ def test_no_alpha_meets_the_constraint_and_the_low_end_already_meets_it():
     assert result.chosen is None and "misses the constraint" in result.stop and len(result.trials) == 1
     stub = Stub(crossing=0.0)
     result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
-    assert result.chosen.alpha == 0.12 and "lower end" in result.stop
+    assert result.chosen.alpha == 0.125 and "lower end" in result.stop
+
+
+def test_the_bracket_ends_are_exact_even_off_the_grid_and_stored_alphas_are_tried_first():
+    # eps_t = 0.35 is not on the 0.02 grid: the upper end is still the single model's own radius
+    stub = Stub(crossing=0.2)
+    stub.t = 0.35  # the single model is the one trained at 0.35
+    search = AlphaSearch(settings(target_eps=0.35), stub, log=lambda m: None)
+    assert search.bracket() == (0.0875, 0.35) and search.candidates()[-1] == 0.35
+    result = search.search(4)
+    assert result.trials[0].alpha == 0.35 and (0.35, 1, VAL) in stub.calls
+    truth = min(a for a in search.candidates() if stub.passes(a, 4))
+    assert truth <= result.chosen.alpha <= truth + 0.02 + 1e-9
+    # Table 2 right's alphas already stored: bisected for free, and the lower end is never trained
+    stored = [(a, s) for a in (0.22, 0.25, 0.3, 0.4, 0.5) for s in range(4)]
+    stub = Stub(crossing=0.28, stored=stored)
+    result = AlphaSearch(settings(), stub, log=lambda m: None).search(4)
+    tried = [t.alpha for t in result.trials]
+    assert tried[:3] == [0.5, 0.3, 0.25] and 0.125 not in tried
+    assert all(a not in (0.125, 0.22, 0.25, 0.3, 0.4, 0.5) for a, _ in stub.train_calls)
+    assert stub.passes(result.chosen.alpha, 4) and not stub.passes(round(result.chosen.alpha - 0.02, 6), 4)
 
 
 def test_smallest_k_meeting_the_constraint_with_a_natural_gain():
@@ -101,8 +122,20 @@ def test_smallest_k_meeting_the_constraint_with_a_natural_gain():
     assert results[-1].K == expected
 
 
+def test_no_k_gains_enough_and_the_report_says_so_without_touching_the_test_set(tmp_path):
+    stub = Stub(crossing=0.3)
+    cfg = recommend_cfg(tmp_path, "K=null", "search.min_gain=0.5", "search.K_values=[1,2]")
+    summary = recommendation.recommend(cfg, [], backend=stub)
+    assert summary["alpha"] is None and summary["test"] is None and "gains search.min_gain=0.5" in summary["no_answer"]
+    assert all(split == VAL for _, _, split in stub.calls)
+    md = (tmp_path / "reports" / "tiny" / "recommend-eps0.5-Kmin.md").read_text()
+    assert "**No recommendation**: no K of search.K_values=[1, 2] gains" in md and "## Test" not in md
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(target_eps=0.0), "target_eps=0.0 must be a number > 0"),
+    (dict(level=1.5), "search.level=1.5 must be in \\(0, 1\\)"),
+    (dict(bracket=(0.25,)), "search.bracket=\\[0.25\\] must be two numbers"),
     (dict(margin=-0.01), "search.margin=-0.01 must be >= 0"),
     (dict(bracket=(0.5, 0.25)), "search.bracket=\\[0.5, 0.25\\] must be two fractions"),
     (dict(budget=-1), "search.budget=-1 must be an integer >= 0"),
@@ -118,7 +151,7 @@ def test_k_below_one_is_refused():
 
 
 def recommend_cfg(tmp_path, *over):
-    return compose_train(["experiment=tiny", "target_eps=0.5", "logger=none", *over], tmp_path, config_name="recommend")
+    return compose_train(["scale=tiny", "target_eps=0.5", "logger=none", *over], tmp_path, config_name="recommend")
 
 
 def test_the_test_set_is_read_only_after_the_choice_and_the_report_is_written(tmp_path):
@@ -136,19 +169,34 @@ def test_the_test_set_is_read_only_after_the_choice_and_the_report_is_written(tm
     assert (tmp_path / "reports" / "tiny" / "recommend-eps0.5-K4.png").stat().st_size > 0
 
 
-def test_on_the_store_it_reuses_trained_models_and_evaluates_validation_before_test(tmp_path):
-    """Tiny models trained beforehand: a zero budget trains nothing; the bracket's two ends and the single
-    model are read on validation, then the choice and the single model once on the test set."""
-    common = ["experiment=tiny", "evaluation.attack.steps=2", "evaluation.attack.targeted_steps=2",
-              "evaluation.attack.target_classes=1"]
-    for alpha, seed in [(0.5, 0), (0.5, 1), (0.12, 0), (0.12, 1)]:
+def test_on_the_store_it_reuses_trained_models_shares_table1_records_and_reads_test_last(tmp_path):
+    """Tiny models trained beforehand: a zero budget trains nothing; the upper end, the single model and the
+    lower end are read on validation (Table 1's own records), then the choice and the single model once on
+    the test set (Table 1's rows)."""
+    from robust_ensembles.paper_tables.driver import TableRun
+
+    for alpha, seed in [(0.5, 0), (0.5, 1), (0.125, 0), (0.125, 1)]:
         train(compose_train(["experiment=tiny", f"alpha={alpha}", f"seed={seed}"], tmp_path))
-    over = [*common, f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "target_eps=0.5", "K=2",
-            "search.budget=0", "search.margin=1.0"]   # margin 1: every alpha meets it, so the low end is chosen
-    backend = recommendation.StoreBackend(0.5, over)
-    assert backend.missing(0.5, 2) == [] and backend.stored_alphas(2) == [0.12, 0.5]
-    cfg = recommend_cfg(tmp_path, *common, "K=2", "search.budget=0", "search.margin=1.0")
-    summary = recommendation.recommend(cfg, over, backend=backend)
-    assert summary["alpha"] == 0.12 and summary["models_trained"] == 0
-    assert backend.evaluated == [(0.5, 1, "val"), (0.5, 2, "val"), (0.12, 2, "val"), (0.12, 2, "test"), (0.5, 1, "test")]
+    paths = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
+    own = ["scale=tiny", "target_eps=0.5", "K=2", "search.budget=0", "search.margin=1.0"]  # margin 1: every alpha meets it
+    cfg = recommend_cfg(tmp_path, *own[2:])
+    backend = recommendation.StoreBackend(cfg, [*own, *paths])
+    assert backend.missing(0.5, 2) == [] and backend.stored_alphas(2) == [0.125, 0.5]
+    summary = recommendation.recommend(cfg, [*own, *paths], backend=backend)
+    assert summary["alpha"] == 0.125 and summary["models_trained"] == 0
+    assert backend.evaluated == [(0.5, 1, "val"), (0.5, 2, "val"), (0.125, 2, "val"), (0.125, 2, "test"), (0.5, 1, "test")]
     assert summary["test"]["single"]["n"] == summary["test"]["ensemble"]["n"] > 0
+    records = sorted((tmp_path / "store" / "records" / "curve").glob("*.json"))
+    assert len(records) == 5
+    splits = [json.loads(p.read_text())["spec"]["test"]["split"] for p in records]
+    assert sorted(splits) == ["test", "test", "val", "val", "val"]
+    # Table 1 at the same scale reads the very same records: its choice of alpha and its single-model row
+    table = TableRun("table1", "tiny", paths, "stored")
+    table.evaluate_row(["alpha=0.5", "K=1", "evaluation.eps_grid=[0,0.5]", "evaluation.split=val"], autoattack=False)
+    table.evaluate_row(["members=seeds", "alpha=0.5", "K=1"])
+    assert sorted((tmp_path / "store" / "records" / "curve").glob("*.json")) == records
+    # models the search trains skip their end-of-training test
+    asked = []
+    backend.table.multirun = lambda module, overrides: asked.append((module, overrides))
+    backend.train(0.3, [0, 1])
+    assert asked == [("robust_ensembles.train", ["alpha=0.3", "seed=0,1", "run_test=false"])]

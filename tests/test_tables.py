@@ -87,13 +87,24 @@ def test_tables_declare_what_they_need(tmp_path):
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
     t1 = TableRun("table1", "cpu", over)
     needs = t1.needs()  # the rows, the alpha candidates, and the composites' backbones
-    assert needs.seeds == {0.0: 1, 0.05: 1, 0.2: 4, 0.25: 4, 0.3: 4, 0.4: 1, 0.5: 1}
+    assert needs.seeds == {0.0: 1, 0.05: 1, 0.22: 4, 0.25: 4, 0.3: 4, 0.4: 1, 0.5: 1}
     assert needs.composites == ["paper", "paper_b"]
     assert TableRun("table2_size", "paper", over).needs().seeds == {0.5: 16}
     eq = TableRun("table2_equivalence", "cpu", over).needs().seeds
     assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
     jobs, comps = t1.missing()
     assert len(jobs) == 16 and comps == ["paper", "paper_b"]
+
+
+def test_every_table_of_a_scale_evaluates_with_the_same_overrides():
+    """A model shown in several tables is evaluated once only if every table composes its rows alike."""
+    from omegaconf import OmegaConf
+
+    specs = [OmegaConf.load(p) for p in sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))]
+    for scale in ("cpu", "paper", "tiny"):
+        overrides = {tuple(s.scales[scale].get("evaluate_overrides", [])) for s in specs}
+        experiments = {s.scales[scale].experiment for s in specs}
+        assert len(overrides) == 1 and len(experiments) == 1, (scale, overrides, experiments)
 
 
 def in_process(monkeypatch) -> list:
