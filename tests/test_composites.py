@@ -116,7 +116,7 @@ def test_weighted_composite_ensemble_evaluates_as_one_model(composite_store, tmp
         finetune(compose_train([*composite_store, "seed=0", "composite.max_epochs=1", *extra], tmp_path,
                                config_name="finetune"))
     common = [*composite_store, "seed=0", "composite.max_epochs=1", "evaluation.eps_grid=[0,0.25,0.5]",
-              "evaluation.attack.steps=2"]
+              "evaluation.attack.steps=2", "evaluation.attack.target_classes=1", "evaluation.attack.targeted_steps=2"]
     r = evaluate(compose_train([*common, "members=paper_composites"], tmp_path, config_name="evaluate"))
     assert r["K"] == 2 and r["weights"] == pytest.approx([0.9, 0.1]) and "2x composite" in r["label"]
     assert all(m["backbones"] for m in r["members"])

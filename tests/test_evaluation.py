@@ -59,7 +59,8 @@ def trained_store(tmp_path):
 
 
 def eval_cfg(tmp_path, over, *extra):
-    return compose_train([*over, "evaluation.eps_grid=[0,0.1,0.25,0.5]", "evaluation.attack.steps=3", *extra],
+    return compose_train([*over, "evaluation.eps_grid=[0,0.1,0.25,0.5]", "evaluation.attack.steps=3",
+                          "evaluation.attack.target_classes=1", "evaluation.attack.targeted_steps=3", *extra],
                          tmp_path, config_name="evaluate")
 
 
