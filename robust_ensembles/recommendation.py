@@ -31,7 +31,7 @@ from robust_ensembles.paper_tables import driver
 log = logging.getLogger(__name__)
 TEST = "test"
 # this command's own keys: never passed on to the table's training or evaluation configs
-OWN_KEYS = ("target_eps", "K", "search", "scale", "table", "autoattack_column", "estimate", "sweeps_dir")
+OWN_KEYS = ("target_eps", "K", "search", "scale", "table", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in")
 
 
 def _key(override: str) -> str:

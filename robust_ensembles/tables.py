@@ -3,6 +3,7 @@
     python -m robust_ensembles.tables table=table1 scale=cpu
     python -m robust_ensembles.tables table=all scale=cpu estimate=true      # what is missing, and its cost
     python -m robust_ensembles.tables table=all scale=paper autoattack_column=stored hydra/launcher=slurm
+    python -m robust_ensembles.tables table=all scale=paper evaluate_in=jobs hydra/launcher=gpus   # records as jobs
     python -m robust_ensembles.tables table=table1 scale=tiny --cfg job      # the composed config
 
 Every other override reaches each call it applies to: all of them every row's evaluation (e.g.
@@ -20,7 +21,7 @@ from robust_ensembles import cli
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables import driver
 
-OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir")  # this command's; not passed on
+OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in")  # this command's; not passed on
 LAUNCHER = ("hydra/launcher", "hydra.launcher")
 
 
@@ -35,7 +36,7 @@ def tables(cfg: DictConfig) -> list[dict]:
     jobs = [o for o in overrides.task if _key(o) not in OWN_KEYS]
     launcher = [o for o in overrides.hydra if _key(o).startswith(LAUNCHER)]
     return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), bool(cfg.estimate),
-                      cfg.sweeps_dir, launcher)
+                      cfg.sweeps_dir, launcher, str(cfg.evaluate_in))
 
 
 main = cli.main("tables")(tables)

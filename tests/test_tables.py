@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from robust_ensembles import PROJECT_ROOT
+from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables import driver
 from robust_ensembles.paper_tables.driver import TableRun
 from robust_ensembles.paper_tables.reports import write_table
@@ -216,6 +217,39 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         assert f"{e:g}: {100 * acc:.2f}%" in md["table2_equivalence"]
         assert se == pytest.approx((acc * (1 - acc) / 64) ** 0.5)
     assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
+
+
+def test_evaluation_as_jobs_writes_the_same_table_and_redoes_a_lost_record(tmp_path, capsys, monkeypatch):
+    """evaluate_in=jobs: the missing records are computed by a Hydra multirun of evaluate_row (separate
+    processes from this one), and the table is the one in-process evaluation writes; a record lost
+    (a job killed before it stored it) is computed again on the next run, and only it."""
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
+    in_process(monkeypatch)  # training in this process; evaluation jobs go through driver.multirun
+    launched = []
+    real = driver.multirun
+    monkeypatch.setattr(driver, "multirun", lambda module, o: (launched.append((module, o)), real(module, o))[1])
+    reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "records"
+    driver.run("table2_size", "tiny", over, evaluate_in="jobs")
+    assert [m for m, _ in launched] == ["robust_ensembles.evaluate_row"]  # only test-split rows in Table 2 left
+    rows = [o for o in launched[0][1] if o.startswith("row=")]
+    assert rows == ["row=0,1"]  # K=1 and K=2: one curve (with its AutoAttack) each
+    assert "evaluation jobs: 2 launched" in capsys.readouterr().out
+    by_jobs = (reports / "table2_size.md").read_text().split("- written")[0]
+    curves = sorted((records / "curve").glob("*.json"))
+    assert len(curves) == 2 and len(list((records / "autoattack").glob("*.json"))) == 2
+    # the same table from records computed in this process
+    for p in records.rglob("*.json"):
+        p.unlink()
+    driver.run("table2_size", "tiny", over)
+    assert (reports / "table2_size.md").read_text().split("- written")[0] == by_jobs
+    # one record lost: the next run launches exactly one job
+    curves[0].unlink()
+    launched.clear()
+    driver.run("table2_size", "tiny", over, evaluate_in="jobs")
+    assert [o for o in launched[0][1] if o.startswith("row=")] == ["row=0"] and curves[0].is_file()
+    assert (reports / "table2_size.md").read_text().split("- written")[0] == by_jobs
+    with pytest.raises(ConfigError, match="evaluate_in=elsewhere is unknown"):
+        driver.run("table2_size", "tiny", over, evaluate_in="elsewhere")
 
 
 def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):

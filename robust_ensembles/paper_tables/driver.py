@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import json
 import logging
 import statistics
 import subprocess
@@ -269,9 +270,10 @@ class TableRun:
                     f"their cost from (evaluate one such row first)")
         return f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records"
 
-    def _planned(self, cfg: DictConfig) -> dict:
+    def _planned(self, cfg: DictConfig, overrides: list[str]) -> dict:
         """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
-        in self.plan. Stand-ins never reach the store or a report: estimate mode writes neither."""
+        in self.plan (with the overrides that compose the row's config, for an evaluation job). Stand-ins
+        never reach the store or a report: estimate mode writes neither."""
         have = stored(cfg)
         k, curve, aa = have["K"], have["curve"], have["autoattack"]
         want_aa = cfg.evaluation.autoattack.eps is not None
@@ -281,7 +283,7 @@ class TableRun:
         aa_n = int(cfg.evaluation.autoattack.n)
         self.plan.append({"K": k, "n": n, "aa_n": aa_n, "curve_key": have["curve_key"], "curve_missing": curve is None,
                           "autoattack_key": have["autoattack_key"], "autoattack_missing": want_aa and aa is None,
-                          "cfg": cfg})
+                          "cfg": cfg, "overrides": overrides})
         if curve is None:
             grid = check_grid(cfg.evaluation.eps_grid)
             curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
@@ -299,9 +301,10 @@ class TableRun:
         aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
-        cfg = compose_config(ROW_CONFIG, [*self.row_base, *aa, *overrides])
+        full = [*self.row_base, *aa, *overrides]
+        cfg = compose_config(ROW_CONFIG, full)
         if self.plan is not None:
-            return self._planned(cfg)
+            return self._planned(cfg, full)
         return evaluate(cfg)
 
     def fill(self):
@@ -325,13 +328,58 @@ def train_union(runs: list[TableRun]) -> list[str]:
     return trained
 
 
+EVALUATE_IN = ("process", "jobs")  # every row evaluated in this process | missing records computed as Hydra jobs first
+
+
+def evaluation_jobs(runs: list[TableRun]) -> int:
+    """Compute every record these tables lack as Hydra jobs (`python -m robust_ensembles.evaluate_row -m`,
+    one job per record, through the tables' launcher), before they are filled from the store. Two rounds:
+    the validation records first (a choice such as Table 1's alpha reads them), then the rest, planned
+    with the choice made. A job that dies leaves no record; the next run submits it again. Returns the
+    number of jobs launched."""
+    launched = 0
+    for split in ("val", "test"):
+        rows: dict[tuple, list[str]] = {}
+        for t in runs:
+            for p in t.evaluation_plan():
+                missing = p["curve_missing"] or (p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute)
+                if missing and p["cfg"].evaluation.split == split:
+                    rows.setdefault((p["curve_key"], p["autoattack_key"]), p["overrides"])
+        if not rows:
+            continue
+        cfg = runs[0].evaluate_cfg
+        rows_file = Path(cfg.store.root).expanduser() / "jobs" / f"evaluate-{store.key_of({'rows': sorted(rows.values())})}.json"
+        store.write_atomic(rows_file, json.dumps(list(rows.values()), indent=1) + "\n")
+        log.info("evaluation jobs (%s split): %d records -> %s", split, len(rows), rows_file)
+        multirun("robust_ensembles.evaluate_row", [f"rows_file={rows_file}", "row=" + ",".join(map(str, range(len(rows)))),
+                                                  *runs[0].launcher])
+        launched += len(rows)
+    return launched
+
+
+def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
+    """One evaluation job: the `row`-th override list of `rows_file` (written by `evaluation_jobs`), composed
+    on the tables' row config and evaluated into the store."""
+    path = Path(rows_file)
+    if not path.is_file():
+        raise ConfigError(f"rows_file={path} does not exist; the table driver writes it (evaluate_in=jobs).")
+    rows = json.loads(path.read_text())
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows):
+        raise ConfigError(f"row={row!r} must be an index into the {len(rows)} rows of {path}.")
+    return evaluate(compose_config(ROW_CONFIG, rows[row]))
+
+
 def tables_in(sweeps_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml"))
 
 
 def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", estimate: bool = False,
-        sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None) -> list[dict]:
-    """Fill `table` (or every table in sweeps_dir for `all`); returns the reports' paths per table."""
+        sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None,
+        evaluate_in: str = "process") -> list[dict]:
+    """Fill `table` (or every table in sweeps_dir for `all`); returns the reports' paths per table.
+    `evaluate_in=jobs` computes the missing records as Hydra jobs first (`evaluation_jobs`)."""
+    if evaluate_in not in EVALUATE_IN:
+        raise ConfigError(f"evaluate_in={evaluate_in} is unknown; use one of {list(EVALUATE_IN)}.")
     names = tables_in(sweeps_dir) if table == "all" else [table]
     runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher) for name in names]
     if estimate:
@@ -349,6 +397,12 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
         trained = train_union(runs)
         print(f"all tables: trained this run: {len(trained)} ({', '.join(trained) or 'nothing'}); "
               f"wall {time.perf_counter() - start:.0f} s", flush=True)
+    if evaluate_in == "jobs":
+        for t in runs:
+            t.train_missing()
+        jobs_start = time.perf_counter()
+        n = evaluation_jobs(runs)
+        print(f"evaluation jobs: {n} launched; wall {time.perf_counter() - jobs_start:.0f} s", flush=True)
     written = []
     for t in runs:
         t_start = time.perf_counter()
