@@ -76,17 +76,24 @@ def stored(cfg: DictConfig) -> dict:
             "K": len(runs), "curve_key": store.key_of(spec), "autoattack_key": store.key_of(aa_spec) if want_aa else None}
 
 
-def seconds_per_member_point(cfg: DictConfig, kind: str) -> float | None:
+def this_device() -> str:
+    """The kind of device an evaluation here runs on (a GPU's name, or cpu): what records' `device` names."""
+    return device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = None) -> float | None:
     """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
     would be (same experiment; a curve with the same attack, grid, per_eps and precision and without
-    check=true; AutoAttack of the same version), or None when there is none."""
+    check=true; AutoAttack of the same version) on the same kind of device (`device`, default this
+    machine's: a GPU's records do not cost a CPU's evaluation), or None when there is none."""
+    device = this_device() if device is None else device
     ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
     same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
                                                               ("attack", "eps_grid", "per_eps", "precision")))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
-             if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"])
+             if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"]) and r.get("device") == device
              and r.get("experiment", r.get("config", {}).get("name")) == cfg.name]
     return statistics.median(rates) if rates else None
 

@@ -149,3 +149,18 @@ def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_pat
     bf16 = evaluate(compose_train([*over, "K=1", "evaluation.eps_grid=[0,0.5]", "evaluation.precision=bf16-mixed"],
                                   tmp_path, config_name="evaluate"))
     assert all(autocast) and bf16["key"] != fp32["key"]  # the precision is part of the record's key
+
+
+def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_path):
+    from omegaconf import OmegaConf
+
+    from robust_ensembles.robustness import CURVE, seconds_per_member_point
+
+    cfg = compose_train([*TINY, "evaluation.eps_grid=[0,0.5]"], tmp_path, config_name="evaluate")
+    spec = {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": False}
+    for device, wall in (("cpu", 20.0), ("NVIDIA H200", 1.0)):
+        store.put_record(cfg.store.root, CURVE, {**spec, "device_for_test": device}, VERSIONS[CURVE],
+                         {"K": 2, "n": 10, "wall_s": wall, "device": device, "experiment": cfg.name})
+    assert seconds_per_member_point(cfg, CURVE, device="cpu") == pytest.approx(1.0)       # 20 s / (2 x 10)
+    assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H200") == pytest.approx(0.05)
+    assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H100 80GB HBM3") is None  # no record of that kind

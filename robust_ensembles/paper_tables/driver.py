@@ -32,7 +32,7 @@ from robust_ensembles.errors import ConfigError, UserError
 from robust_ensembles.identity import composite_run, training_identity, training_run, with_radius
 from robust_ensembles.paper_tables.reports import write_reports
 from robust_ensembles.curves import Curve, check_grid
-from robust_ensembles.robustness import AUTOATTACK, CURVE, evaluate, seconds_per_member_point, stored
+from robust_ensembles.robustness import AUTOATTACK, CURVE, evaluate, seconds_per_member_point, stored, this_device
 
 log = logging.getLogger(__name__)
 ROW_CONFIG = "tables"  # conf/tables.yaml: the evaluate config with the tables' shared evaluation settings
@@ -266,9 +266,10 @@ class TableRun:
             else:
                 seconds += units * rate
         if unmeasured:
-            return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way yet to estimate "
-                    f"their cost from (evaluate one such row first)")
-        return f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records"
+            return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way on this kind "
+                    f"of device ({this_device()}) yet to estimate their cost from (evaluate one such row first)")
+        return (f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
+                f"computed on this kind of device ({this_device()})")
 
     def _planned(self, cfg: DictConfig, overrides: list[str]) -> dict:
         """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
