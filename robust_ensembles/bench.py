@@ -302,13 +302,14 @@ def bench_profile(cfg: DictConfig, device: torch.device) -> Report:
 def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
     """Candidate evaluation attacks on stored models (`make bench-eval-attacks`; docs/evaluation.md).
 
-    For every row (a model of the tables, named by its overrides), on the same first n test points:
-    each contender's curve over the tables' radius grid (only points still standing are attacked at
+    For every row (a model of the tables, named by its overrides, composed as `table` composes its rows at
+    `scale`), on the same first n test points: each contender's curve over that scale's radius grid
+    (only points still standing are attacked at
     the next radius, as in the tables), timed side by side in one run; its accuracy at eps against the
     row's standard AutoAttack record (from the store, or computed first with compute_autoattack=true);
     and its wall time as a ratio to the baseline's (L2 PGD-20, the former evaluation attack)."""
     from robust_ensembles.curves import attack_grid, check_grid
-    from robust_ensembles.paper_tables.driver import ROW_CONFIG, compose_config
+    from robust_ensembles.paper_tables.driver import ROW_CONFIG, TableRun, compose_config
     from robust_ensembles.robustness import autoattack_record, first_points
 
     e = cfg.bench.eval_attacks
@@ -318,8 +319,9 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
              "| wall s | / baseline |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     ratios: dict[str, list[float]] = {k: [] for k in e.candidates}
     gaps: dict[str, list[float]] = {k: [] for k in contenders}
+    row_base = TableRun(e.table, e.scale, list(e.overrides)).row_base  # the rows as that table evaluates them
     for row in e.rows:
-        common = [*e.overrides, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={e.n}",
+        common = [*row_base, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={e.n}",
                   f"evaluation.autoattack.compute={bool(e.compute_autoattack)}"]
         base_cfg = compose_config(ROW_CONFIG, common)
         model, runs, label = members.build(base_cfg)

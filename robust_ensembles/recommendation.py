@@ -47,6 +47,9 @@ class StoreBackend:
         if any(_key(o) == "seeds" for o in overrides):
             raise ConfigError("seeds=... is not used by recommend: a K-ensemble at each alpha is seeds 0..K-1 "
                               "(trained when missing); drop the override.")
+        if cfg.get("evaluate_in", "process") != "process":
+            raise ConfigError(f"evaluate_in={cfg.evaluate_in} is not used by recommend: it evaluates one alpha at a "
+                              f"time, each choice depending on the last; drop the override.")
         self.target_eps = float(cfg.target_eps)
         user = [o for o in overrides if _key(o).split(".")[0] not in OWN_KEYS]
         self.table = driver.TableRun(str(cfg.table), str(cfg.scale), user, str(cfg.autoattack_column),

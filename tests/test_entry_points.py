@@ -78,6 +78,10 @@ def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
     ("train", ["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
     ("finetune", ["composite.eps=-0.4"], "composite.eps=-0.4 must be a number >= 0"),
     ("tables", ["scale=tiny"], "table is not set; name one: table=<one of ['table1',"),
+    ("recommend", ["target_eps=-1"], "target_eps=-1 must be a number > 0"),
+    ("recommend", ["target_eps=0.5", "search.margin=-0.1"], "search.margin=-0.1 must be >= 0"),
+    ("recommend", ["target_eps=0.5", "evaluate_in=jobs"], "evaluate_in=jobs is not used by recommend"),
+    ("evaluate_row", ["rows_file=/nonexistent.json", "row=0"], "rows_file=/nonexistent.json does not exist"),
 ])
 def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overrides, message):
     """The entry points' task functions, wrapped as `cli.main` wraps them, on more bad inputs."""
@@ -90,10 +94,14 @@ def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overr
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"not an archive")
     overrides = [o.format(corrupt=corrupt) for o in overrides]
+    from robust_ensembles.evaluate_row import evaluate_row
+    from robust_ensembles.recommendation import recommend
     from robust_ensembles.tables import tables
 
-    cfg = compose_train([*TINY, *overrides], tmp_path, config_name=task)
-    fn = {"train": train, "evaluate": evaluate, "finetune": finetune, "tables": tables}[task]
+    cfg = compose_train([*(TINY if task != "evaluate_row" else []), *overrides], tmp_path, config_name=task)
+    fn = {"train": train, "evaluate": evaluate, "finetune": finetune, "tables": tables, "evaluate_row": evaluate_row,
+          "recommend": lambda c: recommend(c, [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store",
+                                               *overrides])}[task]
     with pytest.raises(SystemExit) as exit_:
         cli.reporting_user_errors(fn)(cfg)
     assert exit_.value.code == EXIT_USER_ERROR

@@ -219,17 +219,26 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
 
 
-def test_evaluation_as_jobs_writes_the_same_table_and_redoes_a_lost_record(tmp_path, capsys, monkeypatch):
+def test_evaluation_as_jobs_writes_the_same_table_as_in_process(tmp_path, capsys, monkeypatch):
     """evaluate_in=jobs: the missing records are computed by a Hydra multirun of evaluate_row (separate
-    processes from this one), and the table is the one in-process evaluation writes; a record lost
-    (a job killed before it stored it) is computed again on the next run, and only it."""
+    processes from this one: the driver's process computes none), and the table is the one in-process
+    evaluation writes."""
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
     in_process(monkeypatch)  # training in this process; evaluation jobs go through driver.multirun
     launched = []
     real = driver.multirun
     monkeypatch.setattr(driver, "multirun", lambda module, o: (launched.append((module, o)), real(module, o))[1])
     reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "records"
+    from robust_ensembles import robustness
+    guard, put = {"on": True}, robustness.store.put_record
+
+    def no_record_here(*a, **k):  # in jobs mode this process only reads the records the jobs wrote
+        assert not guard["on"], "a record was computed in the driver's process"
+        return put(*a, **k)
+
+    monkeypatch.setattr(robustness.store, "put_record", no_record_here)
     driver.run("table2_size", "tiny", over, evaluate_in="jobs")
+    guard["on"] = False
     assert [m for m, _ in launched] == ["robust_ensembles.evaluate_row"]  # only test-split rows in Table 2 left
     rows = [o for o in launched[0][1] if o.startswith("row=")]
     assert rows == ["row=0,1"]  # K=1 and K=2: one curve (with its AutoAttack) each
@@ -242,14 +251,46 @@ def test_evaluation_as_jobs_writes_the_same_table_and_redoes_a_lost_record(tmp_p
         p.unlink()
     driver.run("table2_size", "tiny", over)
     assert (reports / "table2_size.md").read_text().split("- written")[0] == by_jobs
-    # one record lost: the next run launches exactly one job
-    curves[0].unlink()
-    launched.clear()
-    driver.run("table2_size", "tiny", over, evaluate_in="jobs")
-    assert [o for o in launched[0][1] if o.startswith("row=")] == ["row=0"] and curves[0].is_file()
-    assert (reports / "table2_size.md").read_text().split("- written")[0] == by_jobs
     with pytest.raises(ConfigError, match="evaluate_in=elsewhere is unknown"):
         driver.run("table2_size", "tiny", over, evaluate_in="elsewhere")
+
+
+def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_its_test_rows(tmp_path):
+    """A Table-1-like choice (candidates read on validation in order, the first that matches is kept; a
+    missing record's stand-in always matches): validation rounds until none is missing, then only the
+    chosen candidate's test row, never the stand-in's; a lost record is launched again."""
+    from types import SimpleNamespace as NS
+
+    stored, matches = set(), {"c1": False, "c2": True, "c3": True}
+
+    def entry(key, split):
+        cfg = NS(evaluation=NS(split=split, autoattack=NS(compute=True)))
+        return {"curve_key": key, "autoattack_key": None, "curve_missing": key not in stored,
+                "autoattack_missing": False, "cfg": cfg, "overrides": [f"row={key}"]}
+
+    def plan():
+        rows = [entry("single", "val")]
+        for c in ("c1", "c2", "c3"):
+            rows.append(entry(c, "val"))
+            if c not in stored or matches[c]:  # stand-in (missing) or a real match: chosen
+                return rows + [entry(f"test-{c}", "test")]
+        return rows
+
+    table = NS(evaluation_plan=plan, evaluate_cfg=NS(store=NS(root=str(tmp_path))), user_overrides=[], launcher=[])
+    launched = []
+
+    def launch(rows_file, n, t):
+        rows = json.loads(rows_file.read_text())
+        assert len(rows) == n
+        launched.append([r[0].split("=")[1] for r in rows])
+        stored.update(r[0].split("=")[1] for r in rows)
+
+    assert driver.evaluation_jobs([table], launch=launch) == 4
+    assert launched == [["c1", "single"], ["c2"], ["test-c2"]]
+    # a job killed before it stored its record: the next run launches that one again, and only it
+    stored.discard("c2")
+    launched.clear()
+    assert driver.evaluation_jobs([table], launch=launch) == 1 and launched == [["c2"]]
 
 
 def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):

@@ -332,29 +332,47 @@ def train_union(runs: list[TableRun]) -> list[str]:
 EVALUATE_IN = ("process", "jobs")  # every row evaluated in this process | missing records computed as Hydra jobs first
 
 
-def evaluation_jobs(runs: list[TableRun]) -> int:
-    """Compute every record these tables lack as Hydra jobs (`python -m robust_ensembles.evaluate_row -m`,
-    one job per record, through the tables' launcher), before they are filled from the store. Two rounds:
-    the validation records first (a choice such as Table 1's alpha reads them), then the rest, planned
-    with the choice made. A job that dies leaves no record; the next run submits it again. Returns the
-    number of jobs launched."""
+def missing_rows(runs: list[TableRun], split: str) -> dict[str, list[str]]:
+    """The rows whose records the tables lack on `split` (that this run may compute: a curve, or an
+    AutoAttack record with `evaluation.autoattack.compute`), one per curve: the row that also carries
+    the AutoAttack record when two rows share a curve. Keyed by the curve's key."""
+    rows: dict[str, list[str]] = {}
+    for t in runs:
+        for p in t.evaluation_plan():
+            aa = p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute
+            if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa):
+                continue
+            if p["curve_key"] not in rows or aa:
+                rows[p["curve_key"]] = p["overrides"]
+    return rows
+
+
+def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10) -> int:
+    """Compute the records these tables lack as Hydra jobs (`python -m robust_ensembles.evaluate_row -m`,
+    one job per curve with its AutoAttack record, through the tables' launcher), before they are filled
+    from the store. Validation records first, in rounds until none is missing (a choice such as Table
+    1's alpha reads them, and each round's plan makes the choice with the records the last one stored),
+    then the test split, planned with the choice made. A job that dies leaves no record; the next run
+    launches it again. Returns the number of jobs launched."""
+    launch = launch or (lambda rows_file, n, t: multirun(
+        "robust_ensembles.evaluate_row", [f"rows_file={rows_file}", "row=" + ",".join(map(str, range(n))),
+                                          *[o for o in t.user_overrides if o.startswith("paths.")], *t.launcher]))
     launched = 0
     for split in ("val", "test"):
-        rows: dict[tuple, list[str]] = {}
-        for t in runs:
-            for p in t.evaluation_plan():
-                missing = p["curve_missing"] or (p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute)
-                if missing and p["cfg"].evaluation.split == split:
-                    rows.setdefault((p["curve_key"], p["autoattack_key"]), p["overrides"])
-        if not rows:
-            continue
-        cfg = runs[0].evaluate_cfg
-        rows_file = Path(cfg.store.root).expanduser() / "jobs" / f"evaluate-{store.key_of({'rows': sorted(rows.values())})}.json"
-        store.write_atomic(rows_file, json.dumps(list(rows.values()), indent=1) + "\n")
-        log.info("evaluation jobs (%s split): %d records -> %s", split, len(rows), rows_file)
-        multirun("robust_ensembles.evaluate_row", [f"rows_file={rows_file}", "row=" + ",".join(map(str, range(len(rows)))),
-                                                  *runs[0].launcher])
-        launched += len(rows)
+        for _ in range(max_rounds if split == "val" else 1):
+            rows = missing_rows(runs, split)
+            if not rows:
+                break
+            listed = sorted(rows.values())
+            root = Path(runs[0].evaluate_cfg.store.root).expanduser().resolve()
+            rows_file = root / "jobs" / f"evaluate-{store.key_of({'rows': listed})}.json"
+            store.write_atomic(rows_file, json.dumps(listed, indent=1) + "\n")
+            log.info("evaluation jobs (%s split): %d -> %s", split, len(listed), rows_file)
+            launch(rows_file, len(listed), runs[0])
+            launched += len(listed)
+    left = {s: len(missing_rows(runs, s)) for s in ("val", "test")}
+    if any(left.values()):
+        log.warning("after the evaluation jobs the store still lacks %s records; the tables compute them here", left)
     return launched
 
 
@@ -364,7 +382,11 @@ def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
     path = Path(rows_file)
     if not path.is_file():
         raise ConfigError(f"rows_file={path} does not exist; the table driver writes it (evaluate_in=jobs).")
-    rows = json.loads(path.read_text())
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"rows_file={path} is not valid JSON ({e}); rerun the table with evaluate_in=jobs to "
+                          f"write it again.") from None
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows):
         raise ConfigError(f"row={row!r} must be an index into the {len(rows)} rows of {path}.")
     return evaluate(compose_config(ROW_CONFIG, rows[row]))
