@@ -175,21 +175,22 @@ def test_on_the_store_it_reuses_trained_models_shares_table1_records_and_reads_t
     the test set (Table 1's rows)."""
     from robust_ensembles.paper_tables.driver import TableRun
 
-    for alpha, seed in [(0.5, 0), (0.5, 1), (0.125, 0), (0.125, 1)]:
+    for alpha, seed in [(0.5, 0), (0.125, 0)]:
         train(compose_train(["experiment=tiny", f"alpha={alpha}", f"seed={seed}"], tmp_path))
     paths = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
-    own = ["scale=tiny", "target_eps=0.5", "K=2", "search.budget=0", "search.margin=1.0"]  # margin 1: every alpha meets it
+    own = ["scale=tiny", "target_eps=0.5", "K=1", "search.budget=0", "search.margin=1.0"]  # margin 1: every alpha meets it
     cfg = recommend_cfg(tmp_path, *own[2:])
     backend = recommendation.StoreBackend(cfg, [*own, *paths])
-    assert backend.missing(0.5, 2) == [] and backend.stored_alphas(2) == [0.125, 0.5]
+    assert backend.missing(0.5, 1) == [] and backend.missing(0.5, 2) == [1] and backend.stored_alphas(1) == [0.125, 0.5]
     summary = recommendation.recommend(cfg, [*own, *paths], backend=backend)
     assert summary["alpha"] == 0.125 and summary["models_trained"] == 0
-    assert backend.evaluated == [(0.5, 1, "val"), (0.5, 2, "val"), (0.125, 2, "val"), (0.125, 2, "test"), (0.5, 1, "test")]
+    # (at K=1 the upper end is the single model itself: one validation record serves both)
+    assert backend.evaluated == [(0.5, 1, "val"), (0.5, 1, "val"), (0.125, 1, "val"), (0.125, 1, "test"), (0.5, 1, "test")]
     assert summary["test"]["single"]["n"] == summary["test"]["ensemble"]["n"] > 0
     records = sorted((tmp_path / "store" / "records" / "curve").glob("*.json"))
-    assert len(records) == 5
+    assert len(records) == 4
     splits = [json.loads(p.read_text())["spec"]["test"]["split"] for p in records]
-    assert sorted(splits) == ["test", "test", "val", "val", "val"]
+    assert sorted(splits) == ["test", "test", "val", "val"]
     # Table 1 at the same scale reads the very same records: its choice of alpha and its single-model row
     table = TableRun("table1", "tiny", paths, "stored")
     table.evaluate_row(["alpha=0.5", "K=1", "evaluation.eps_grid=[0,0.5]", "evaluation.split=val"], autoattack=False)

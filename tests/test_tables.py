@@ -219,42 +219,6 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
 
 
-def test_evaluation_as_jobs_writes_the_same_table_as_in_process(tmp_path, capsys, monkeypatch):
-    """evaluate_in=jobs: the missing records are computed by a Hydra multirun of evaluate_row (separate
-    processes from this one: the driver's process computes none), and the table is the one in-process
-    evaluation writes."""
-    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
-    in_process(monkeypatch)  # training in this process; evaluation jobs go through driver.multirun
-    launched = []
-    real = driver.multirun
-    monkeypatch.setattr(driver, "multirun", lambda module, o: (launched.append((module, o)), real(module, o))[1])
-    reports, records = tmp_path / "reports" / "tiny", tmp_path / "store" / "records"
-    from robust_ensembles import robustness
-    guard, put = {"on": True}, robustness.store.put_record
-
-    def no_record_here(*a, **k):  # in jobs mode this process only reads the records the jobs wrote
-        assert not guard["on"], "a record was computed in the driver's process"
-        return put(*a, **k)
-
-    monkeypatch.setattr(robustness.store, "put_record", no_record_here)
-    driver.run("table2_size", "tiny", over, evaluate_in="jobs")
-    guard["on"] = False
-    assert [m for m, _ in launched] == ["robust_ensembles.evaluate_row"]  # only test-split rows in Table 2 left
-    rows = [o for o in launched[0][1] if o.startswith("row=")]
-    assert rows == ["row=0,1"]  # K=1 and K=2: one curve (with its AutoAttack) each
-    assert "evaluation jobs: 2 launched" in capsys.readouterr().out
-    by_jobs = (reports / "table2_size.md").read_text().split("- written")[0]
-    curves = sorted((records / "curve").glob("*.json"))
-    assert len(curves) == 2 and len(list((records / "autoattack").glob("*.json"))) == 2
-    # the same table from records computed in this process
-    for p in records.rglob("*.json"):
-        p.unlink()
-    driver.run("table2_size", "tiny", over)
-    assert (reports / "table2_size.md").read_text().split("- written")[0] == by_jobs
-    with pytest.raises(ConfigError, match="evaluate_in=elsewhere is unknown"):
-        driver.run("table2_size", "tiny", over, evaluate_in="elsewhere")
-
-
 def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_its_test_rows(tmp_path):
     """A Table-1-like choice (candidates read on validation in order, the first that matches is kept; a
     missing record's stand-in always matches): validation rounds until none is missing, then only the
@@ -293,9 +257,22 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
     assert driver.evaluation_jobs([table], launch=launch) == 1 and launched == [["c2"]]
 
 
-def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("evaluate_in", ["process", pytest.param("jobs", marks=pytest.mark.slow)])  # jobs: +14 s
+def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, evaluate_in):
     """The README's recipe: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
-    driver trains what it needs, evaluates its rows and writes its reports."""
+    driver trains what it needs (a training multirun), evaluates its rows and writes its reports. With
+    evaluate_in=jobs the rows' records are computed by a Hydra multirun of evaluate_row in separate
+    processes (the driver's process computes none), the same records as in-process evaluation (the
+    rounds of jobs are tested fast in test_evaluation_jobs_launch_validation_rounds_...)."""
+    from robust_ensembles import robustness
+
+    guard, put = {"on": evaluate_in == "jobs"}, robustness.store.put_record
+
+    def no_record_here(*a, **k):
+        assert not guard["on"], "a record was computed in the driver's process"
+        return put(*a, **k)
+
+    monkeypatch.setattr(robustness.store, "put_record", no_record_here)
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "k_table.py").write_text(textwrap.dedent('''
         from robust_ensembles.curves import curve_of
@@ -326,14 +303,25 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys):
     '''))
     # an override only the evaluation knows reaches the rows, not the training multirun
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "evaluation.batch_size=16"]
-    driver.run("k_table", "tiny", over, autoattack="off", sweeps_dir=sweeps)
-    assert "k_table: trained this run: 2 (alpha=0.25 seed=0, alpha=0.25 seed=1)" in capsys.readouterr().out
+    driver.run("k_table", "tiny", over, autoattack="off", sweeps_dir=sweeps, evaluate_in=evaluate_in)
+    guard["on"] = False
+    out = capsys.readouterr().out
+    assert "k_table: trained this run: 2 (alpha=0.25 seed=0, alpha=0.25 seed=1)" in out
+    assert ("evaluation jobs: 2 launched" in out) == (evaluate_in == "jobs")
     md = (tmp_path / "reports" / "tiny" / "k_table.md").read_text()
     assert "**K-ensembles at alpha=0.25**" in md and "| K | natural | eps=0.25 |" in md
     assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| 1") or line.startswith("| 2")] == ["| 1", "| 2"]
     assert "2 rows from a table module written in a test" in md and "AutoAttack column: not computed" in md
     records = [json.loads(p.read_text()) for p in (tmp_path / "store" / "records" / "curve").glob("*.json")]
     assert len(records) == 2 and all(r["spec"]["evaluation"]["batch_size"] == 16 for r in records)
+    if evaluate_in == "jobs":  # a job's record is the one this process computes for the same row
+        t = TableRun("k_table", "tiny", over, "off", sweeps_dir=sweeps)
+        by_job = t.evaluate_row(["alpha=0.25", "K=2"], autoattack=False)
+        here = t.evaluate_row(["alpha=0.25", "K=2", "evaluation.force=true"], autoattack=False)
+        as_stored = lambda r: json.loads(json.dumps({k: r[k] for k in ("per_point", "curve")}))
+        assert as_stored(here) == as_stored(by_job)
+    with pytest.raises(ConfigError, match="evaluate_in=elsewhere is unknown"):
+        driver.run("k_table", "tiny", over, sweeps_dir=sweeps, evaluate_in="elsewhere")
 
 
 def test_an_unknown_table_or_scale_is_named(tmp_path):
