@@ -375,8 +375,8 @@ def bench_alpha_search(cfg: DictConfig) -> Report:
     passing alpha is the right one (a real run could not know when to stop, so this favours it)."""
     a = cfg.bench.alpha_search
     rep = Report()
-    settings = lambda strategy, budget=a.budget: Settings(a.target_eps, tuple(a.bracket), a.resolution, budget,
-                                                         a.margin, a.level, strategy=strategy)
+    settings = lambda strategy: Settings(a.target_eps, tuple(a.bracket), a.resolution, a.budget,
+                                         a.margin, a.level, strategy=strategy)
     cases = [(c, s) for c in a.crossings for s in a.slopes]
     counts: dict[str, list[float]] = {}
     misses: dict[str, int] = {}

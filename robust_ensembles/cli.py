@@ -26,6 +26,17 @@ from robust_ensembles.errors import UserError
 
 EXIT_USER_ERROR = 2
 FAILED = "FAILED"
+LAUNCHER = ("hydra/launcher", "hydra.launcher")  # the overrides that choose and configure a Hydra launcher
+
+
+def override_key(override: str) -> str:
+    """The config key a command-line override sets (`+a.b=1`, `~a.b` and `a.b=1` all set `a.b`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def launcher_overrides(hydra_overrides: list[str]) -> list[str]:
+    """Of a run's Hydra overrides, those that reach a launcher (passed on to the multiruns a command starts)."""
+    return [o for o in hydra_overrides if override_key(o).startswith(LAUNCHER)]
 
 
 def _in_multirun() -> bool:

@@ -19,13 +19,9 @@ from omegaconf import DictConfig
 from robust_ensembles import cli
 from robust_ensembles.recommendation import recommend as run
 
-LAUNCHER = ("hydra/launcher", "hydra.launcher")
-
-
 def recommend(cfg: DictConfig) -> dict:
     overrides = HydraConfig.get().overrides
-    launcher = [o for o in overrides.hydra if o.split("=", 1)[0].lstrip("+~").startswith(LAUNCHER)]
-    return run(cfg, list(overrides.task), launcher)
+    return run(cfg, list(overrides.task), cli.launcher_overrides(overrides.hydra))
 
 
 main = cli.main("recommend")(recommend)

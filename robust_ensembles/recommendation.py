@@ -15,27 +15,22 @@ test set before the choice.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import outcomes, store
+from robust_ensembles.cli import override_key
 from robust_ensembles.alpha_search import VAL, AlphaSearch, Backend, Result, Settings, accuracies
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.identity import members_query, training_run, with_radius
 from robust_ensembles.paired import paired_difference
 from robust_ensembles.paper_tables import driver
 
-log = logging.getLogger(__name__)
 TEST = "test"
 # this command's own keys: never passed on to the table's training or evaluation configs
 OWN_KEYS = ("target_eps", "K", "search", "scale", "table", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 class StoreBackend:
@@ -44,14 +39,14 @@ class StoreBackend:
     evaluations (every user override)."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str], launcher: list[str] | None = None):
-        if any(_key(o) == "seeds" for o in overrides):
+        if any(override_key(o) == "seeds" for o in overrides):
             raise ConfigError("seeds=... is not used by recommend: a K-ensemble at each alpha is seeds 0..K-1 "
                               "(trained when missing); drop the override.")
         if cfg.get("evaluate_in", "process") != "process":
             raise ConfigError(f"evaluate_in={cfg.evaluate_in} is not used by recommend: it evaluates one alpha at a "
                               f"time, each choice depending on the last; drop the override.")
         self.target_eps = float(cfg.target_eps)
-        user = [o for o in overrides if _key(o).split(".")[0] not in OWN_KEYS]
+        user = [o for o in overrides if override_key(o).split(".")[0] not in OWN_KEYS]
         self.table = driver.TableRun(str(cfg.table), str(cfg.scale), user, str(cfg.autoattack_column),
                                      cfg.sweeps_dir, launcher)
         self.train_cfg = driver.compose_config("train", self.table.base)
@@ -222,7 +217,7 @@ def plot(summary: dict, path: Path) -> None:
     if summary["test"]:
         e, s = summary["test"]["ensemble"], summary["test"]["single"]
         ax.scatter([e["robust"]], [e["natural"]], marker="D", facecolors="none", edgecolors="C3", s=60, zorder=4,
-                   label=f"chosen ensemble (test)")
+                   label="chosen ensemble (test)")
         ax.scatter([s["robust"]], [s["natural"]], marker="*", facecolors="none", edgecolors="k", s=150, zorder=4,
                    label=f"single alpha={t:g} (test)")
     ax.set_xlabel(f"robust accuracy at eps={t:g}")

@@ -22,19 +22,14 @@ from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables import driver
 
 OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in")  # this command's; not passed on
-LAUNCHER = ("hydra/launcher", "hydra.launcher")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def tables(cfg: DictConfig) -> list[dict]:
     if OmegaConf.is_missing(cfg, "table"):
         raise ConfigError(f"table is not set; name one: table=<one of {driver.tables_in(cfg.sweeps_dir)}> or table=all.")
     overrides = HydraConfig.get().overrides
-    jobs = [o for o in overrides.task if _key(o) not in OWN_KEYS]
-    launcher = [o for o in overrides.hydra if _key(o).startswith(LAUNCHER)]
+    jobs = [o for o in overrides.task if cli.override_key(o) not in OWN_KEYS]
+    launcher = cli.launcher_overrides(overrides.hydra)
     return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), bool(cfg.estimate),
                       cfg.sweeps_dir, launcher, str(cfg.evaluate_in))
 
