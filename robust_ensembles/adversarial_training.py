@@ -31,11 +31,51 @@ def _slot(metric_name: str) -> str:
     return metric_name.replace("/", "_").replace("@", "_at_").replace(".", "p")
 
 
-def compiled(model: nn.Module) -> nn.Module:
-    """torch.compile(model), or the model itself (with a warning) where compilation is unavailable."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str | None) -> str | None:
+    """`module.compile` as torch.compile's mode: false/null = eager, true = "default"; "reduce-overhead"
+    adds CUDA graphs (the attack's many small steps are launch-bound on a GPU; on a CPU torch skips them)."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if compile in COMPILE_MODES:
+        return str(compile)
+    raise ConfigError(f"module.compile={compile!r} must be false, true or a torch.compile mode: {', '.join(COMPILE_MODES)}.")
+
+
+class EagerFallback(nn.Module):
+    """`torch.compile(model, mode=mode)` that runs the model eagerly, with one warning, from the first call
+    at which compilation fails (torch compiles lazily: a missing compiler or an unsupported backend shows
+    at the first call, not at torch.compile). Eager is always correct, so a failure costs speed only."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        self.model, self.mode = model, mode
+        object.__setattr__(self, "compiled", torch.compile(model, mode=mode))  # not a second submodule
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: eager gives the same numbers
+                log.warning("torch.compile(mode=%r) failed at its first call (%s: %s); running eagerly",
+                            self.mode, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                object.__setattr__(self, "compiled", None)
+        return self.model(*args, **kwargs)
+
+
+def compiled(model: nn.Module, compile: bool | str | None = True) -> nn.Module:
+    """The model for forward passes under `module.compile` (see compile_mode): the model itself when eager,
+    else an EagerFallback around torch.compile (the model itself, with a warning, if torch.compile refuses)."""
+    mode = compile_mode(compile)
+    if mode is None:
+        return model
     try:
-        return torch.compile(model)
-    except Exception as e:  # backend missing, unsupported platform: eager is always correct
+        return EagerFallback(model, mode)
+    except Exception as e:  # noqa: BLE001 - backend missing, unsupported platform: eager is always correct
         log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, e)
         return model
 
@@ -49,7 +89,7 @@ class AdversarialTraining(pl.LightningModule):
         test_eps: radii at which `trainer.test` reports adversarial accuracy.
         train_nat_metrics: also log accuracy on the clean training batch (one extra forward).
         channels_last: run the model in channels_last memory format.
-        compile: run the model through torch.compile (eager if compilation fails).
+        compile: false, true or a torch.compile mode (compile_mode); eager wherever compilation fails.
         scheduler_interval: "epoch" or "step" (when the scheduler steps); a step-wise scheduler whose
             `total_steps` is null (OneCycleLR) gets the trainer's number of optimizer steps.
     """
@@ -64,7 +104,7 @@ class AdversarialTraining(pl.LightningModule):
         test_eps: Sequence[float],
         train_nat_metrics: bool,
         channels_last: bool,
-        compile: bool = False,
+        compile: bool | str = False,
         scheduler_interval: str = "epoch",
     ):
         super().__init__()
@@ -79,7 +119,7 @@ class AdversarialTraining(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # not registered as a submodule: the weights live (and are saved) once, under `model`
-        object.__setattr__(self, "forward_model", compiled(self.model) if compile else self.model)
+        object.__setattr__(self, "forward_model", compiled(self.model, compile))
         nc = model.num_classes
         self.acc = nn.ModuleDict({
             _slot(name): MulticlassAccuracy(nc, average="micro")

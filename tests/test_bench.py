@@ -46,10 +46,32 @@ def test_torchattacks_comparison_gives_a_ratio_and_both_accuracies(tmp_path):
     assert "ours" in note and "torchattacks" in note and "1 SE" in note
 
 
+GPU_EPOCH_SMOKE = ["bench.mode=gpu_epoch", "bench.allow_cpu=true", "bench.gpu_epoch.n_images=32",
+                   "bench.gpu_epoch.batch_size=16", "bench.gpu_epoch.repeats=1", "bench.gpu_epoch.bf16=false"]
+
+
 def test_gpu_epoch_logic_runs_on_the_cpu_at_small_size(tmp_path):
-    rep = bench(compose_bench(tmp_path, "bench.mode=gpu_epoch", "bench.allow_cpu=true", "bench.gpu_epoch.n_images=32",
-                              "bench.gpu_epoch.batch_size=16", "bench.gpu_epoch.repeats=1", "bench.gpu_epoch.bf16=false"))
-    assert rep.rows[0][0].startswith("PGD-7 epoch / clean epoch") and rep.rows[0][1] > 1
+    rep = bench(compose_bench(tmp_path, *GPU_EPOCH_SMOKE, "bench.gpu_epoch.compile_modes=[]", "bench.gpu_epoch.processes=[]"))
+    rows = {r[0]: r for r in rep.rows}
+    assert rows["PGD-7 epoch / clean epoch (32 images, batch 16), eager"][1] > 1
+    eager = rows["PGD-7 epoch seconds, eager"]
+    assert "on an H100, x clean epoch" in eager[4] and eager[5] is not None
+    assert rep.notes == ["fastest epoch: eager (module.compile=false)"]
+
+
+@pytest.mark.slow
+def test_gpu_epoch_compiles_each_mode_reports_a_failed_one_and_runs_seeds_side_by_side_on_the_cpu(tmp_path):
+    """On the CPU (where torch skips CUDA graphs) each compile mode still trains; a bad mode is a line in the
+    report, not a crash; two training processes share the device (about 1x on 2 cores, by construction)."""
+    rep = bench(compose_bench(tmp_path, *GPU_EPOCH_SMOKE, "bench.gpu_epoch.compile_modes=[reduce-overhead,bogus]",
+                              "bench.gpu_epoch.processes=[2]", "bench.gpu_epoch.process_epochs=1",
+                              "bench.gpu_epoch.process_threads=1", "bench.threads=1"))
+    names = [r[0] for r in rep.rows]
+    assert "PGD-7 epoch seconds, reduce-overhead" in names and "  reduce-overhead / eager" in names
+    assert any(n.startswith("compile reduce-overhead: first epoch (compiling)") for n in rep.notes)
+    assert any(n.startswith("compile bogus: **failed** (ConfigError: module.compile='bogus'") for n in rep.notes)
+    [share] = [r for r in rep.rows if r[0].startswith("images/s, 2 seeds' processes")]
+    assert share[1] > 0 and share[5] is not None
 
 
 def test_profile_mode_reports_where_the_time_goes(tmp_path):

@@ -7,6 +7,9 @@ import importlib.util
 import pytest
 import yaml
 
+from hydra import compose, initialize_config_dir
+
+from robust_ensembles import CONFIG_DIR
 from tests.conftest import TINY, run_module
 
 GPU_CLUSTER = "needs the gpu-cluster extra: pip install -e '.[gpu-cluster]' (CI installs it)"
@@ -29,11 +32,20 @@ def launcher_cfg(name: str) -> dict:
     return yaml.safe_load(out.stdout.split("\n", 1)[1])
 
 
+def ray_remote(*overrides: str):
+    """The gpus launcher's per-job Ray resources, composed and resolved as the launcher resolves them."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["hydra/launcher=gpus", *overrides], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("RayLauncher") and cfg.hydra.launcher.ray.init.get("num_gpus") is None
+    return cfg.hydra.launcher.ray.remote
+
+
 @needs_ray
-def test_gpus_launcher_gives_each_job_one_gpu():
-    cfg = launcher_cfg("gpus")
-    assert cfg["_target_"].endswith("RayLauncher")
-    assert cfg["ray"]["remote"]["num_gpus"] == 1 and cfg["ray"]["init"].get("num_gpus") is None
+def test_gpus_launcher_gives_each_job_one_gpu_or_a_share_of_one():
+    assert ray_remote().num_gpus == 1.0
+    assert ray_remote("jobs_per_gpu=2").num_gpus == 0.5 and ray_remote("jobs_per_gpu=4").num_gpus == 0.25
+    with pytest.raises(Exception, match="jobs_per_gpu=0 must be an integer >= 1"):
+        ray_remote("jobs_per_gpu=0").num_gpus
 
 
 @needs_submitit
