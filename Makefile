@@ -7,7 +7,7 @@ AUTOATTACK ?= run
 EPS ?= 0.5
 K ?= 4
 
-.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search recommend profile clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search recommend profile gpu-measurements device-carry clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,14 @@ profile:  ## where a PGD training step's time goes: torch.profiler tables of a c
 
 bench-gpu:  ## one paper-scale epoch (ResNet18, 50k images, PGD-7 at 0.5, batch 512) vs a clean epoch, on a GPU
 	$(PYTHON) -m robust_ensembles.bench bench.mode=gpu_epoch model=resnet18 bench.output=docs/bench-gpu.md $(ARGS)
+
+gpu-measurements:  ## every GPU figure of docs/paper-scale.md in one run of at most 10 minutes (results in logs/gpu/)
+	bash scripts/gpu_measurements.sh
+
+device-carry:  ## wheels the GPU machine lacks (it has torch, no package index) and the data archive, into .device-carry/
+	rm -rf .device-carry && mkdir -p .device-carry
+	$(PYTHON) -m pip wheel -q --no-deps -w .device-carry hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 pyautoattack==0.2.0
+	cp ../shared/data/cifar10-jpeg-q75.tar.gz .device-carry/
 
 clean-outputs:  ## remove Hydra's per-run log folders (never the store)
 	rm -rf outputs multirun

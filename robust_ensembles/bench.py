@@ -370,6 +370,37 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device) -> Report:
     return rep
 
 
+def bench_precision(cfg: DictConfig) -> Report:
+    """Evaluation precision parity (`bench.mode=precision`): one stored model's curve record at eps in each
+    of `precisions` (records keyed by precision, so the tables reuse them), on the same points; each
+    lower precision against the first (fp32) as a paired difference, the bar being one binomial standard
+    error of the reference accuracy (issues 16 and 17: evaluation stays fp32 unless this holds)."""
+    from robust_ensembles.outcomes import under_curve
+    from robust_ensembles.paired import paired_difference
+    from robust_ensembles.paper_tables.driver import compose_config
+    from robust_ensembles.robustness import evaluate
+
+    p = cfg.bench.precision
+    rep = Report()
+    records = {prec: evaluate(compose_config("evaluate", [*p.overrides, f"evaluation.eps_grid=[0,{p.eps}]",
+                                                          f"evaluation.auc_eps={p.eps}", f"evaluation.precision={prec}"]))
+               for prec in p.precisions}
+    ref = p.precisions[0]
+    base = under_curve(records[ref], p.eps)
+    se = standard_error(base.float().mean().item(), len(base))
+    for prec, rec in records.items():
+        acc = under_curve(rec, p.eps).float().mean().item()
+        rep.notes.append(f"{prec}: accuracy at {p.eps} {100 * acc:.2f}% on {len(base)} points "
+                         f"(clean {100 * under_curve(rec, 0.0).float().mean().item():.2f}%), {rec['wall_s']:.1f} s "
+                         f"on {rec['device']}")
+    for prec in p.precisions[1:]:
+        d = paired_difference(under_curve(records[prec], p.eps), base, p.level)
+        rep.add(f"accuracy at {p.eps}: {prec} - {ref}, points [{d.low * 100:+.2f}, {d.high * 100:+.2f}] "
+                f"({d.first_only} vs {d.second_only} discordant)", (100 * d.estimate,) * 3,
+                f"abs(difference) <= 1 SE of {ref} = {100 * se:.2f}", abs(d.estimate) <= se)
+    return rep
+
+
 def bench_alpha_search(cfg: DictConfig) -> Report:
     """Models trained until the recommendation is settled (within the resolution of the true smallest
     passing alpha, found by brute force on the same grid), per strategy, over stand-in stores: the
@@ -432,6 +463,8 @@ def optuna_search(settings: Settings, a: DictConfig, crossing: float, slope: flo
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     head = f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; mode {cfg.bench.mode}"
+    if cfg.bench.mode == "precision":
+        return f"{head}; {' '.join(cfg.bench.precision.overrides)}; eps {cfg.bench.precision.eps}; paired on the same points"
     if cfg.bench.mode == "alpha_search":
         return f"{head}; no torch work: stand-in stores (robust_ensembles.alpha_search.SyntheticBackend)"
     if cfg.bench.mode == "eval_attacks":
@@ -460,9 +493,11 @@ def bench(cfg: DictConfig) -> Report:
         rep = bench_eval_attacks(cfg, device)
     elif cfg.bench.mode == "alpha_search":
         rep = bench_alpha_search(cfg)
+    elif cfg.bench.mode == "precision":
+        rep = bench_precision(cfg)
     else:
-        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile, eval_attacks "
-                          f"or alpha_search.")
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile, eval_attacks, "
+                          f"alpha_search or precision.")
     text = f"{header(cfg, device)}\n\n{rep.markdown()}\n"
     print(text, flush=True)
     if cfg.bench.output:

@@ -129,3 +129,24 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
         ours = round(acc * 16 / 100)  # points the attack left standing
         # AutoAttack flipped exactly points 0-3: standing under the attack there = flipped by AA only
         assert ours_only <= 12 and aa_only <= 4 and ours - aa_only == 12 - ours_only
+
+
+def test_precision_mode_compares_each_precision_with_fp32_on_the_same_points(tmp_path):
+    from robust_ensembles import store
+    from robust_ensembles.robustness import VERSIONS
+    from robust_ensembles.train import train
+    from tests.conftest import TINY, compose_train
+    paths = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    train(compose_train([*TINY, "alpha=0.1", "seed=0"], tmp_path))
+    row = [*TINY, "alpha=0.1", "K=1", *paths, "evaluation.attack.steps=2", "evaluation.attack.targeted_steps=2",
+           "evaluation.attack.target_classes=1"]
+    cfg = compose_bench(tmp_path, "bench.mode=precision", "bench.precision.eps=0.25")
+    cfg.bench.precision.overrides = row
+    rep = bench(cfg)
+    [(name, est, _, _, target, met)] = rep.rows
+    assert name.startswith("accuracy at 0.25: bf16-mixed - 32-true, points [") and "1 SE of 32-true" in target
+    assert "|" not in name + target   # a Markdown table cell
+    assert met == (abs(est) <= float(target.rsplit("= ", 1)[1]))
+    records = store.records(f"{tmp_path}/store", "curve", VERSIONS["curve"])
+    assert sorted(r["precision"] for r in records) == ["32-true", "bf16-mixed"]   # two records, keyed by precision
+    assert len({r["n"] for r in records}) == 1 and len(rep.notes) == 2
