@@ -48,7 +48,7 @@ def test_experiments_build_their_objects(experiment, tmp_path):
     model = instantiate(cfg.model)
     assert isinstance(model, Classifier)
     dm = instantiate(cfg.data)  # constructing validates sizes; no data is read until setup()
-    assert dm.batch_size == cfg.data.batch_size == (16 if experiment == "tiny" else 128)
+    assert dm.batch_size == cfg.data.batch_size == {"tiny": 16, "paper_fast": 512}.get(experiment, 128)
 
 
 def test_paper_recipe(tmp_path):
@@ -61,6 +61,26 @@ def test_paper_recipe(tmp_path):
     attack = instantiate(compose_train(["experiment=paper", "alpha=0.5"], tmp_path).attack)
     assert attack.steps == 7 and attack.eps == 0.5
     assert attack.step_size_for(0.5) == pytest.approx(2.5 * 0.5 / 7)
+
+
+def test_paper_fast_recipe_keeps_the_papers_model_and_attack_on_a_one_cycle_schedule(tmp_path):
+    fast, paper = (compose_train([f"experiment={e}", "alpha=0.5"], tmp_path) for e in ("paper_fast", "paper"))
+    assert fast.model == paper.model and fast.attack == paper.attack and fast.eval_attack == paper.eval_attack
+    assert fast.module.scheduler._target_.endswith("OneCycleLR") and fast.module.scheduler_interval == "step"
+    assert fast.module.scheduler.max_lr == fast.module.optimizer.lr == 0.2 and fast.module.optimizer.nesterov
+    assert (fast.trainer.max_epochs, fast.data.batch_size, fast.data.val_size) == (30, 512, 1000)
+    assert fast.data.source == "folder"   # the offline archive: the GPU machine reaches no dataset host
+
+
+def test_readme_and_makefile_train_the_same_paper_alphas():
+    import re
+
+    from robust_ensembles import PROJECT_ROOT
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    [make_line] = [ln for ln in makefile.splitlines() if "experiment=paper alpha=" in ln]
+    alphas = re.search(r"experiment=paper alpha=([\d.,]+)", make_line).group(1)
+    assert f"experiment=paper alpha={alphas} 'seed=range(8)'   # = make train-paper" in readme
 
 
 def test_cpu_preset_uses_the_offline_archive(tmp_path):

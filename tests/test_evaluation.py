@@ -64,7 +64,7 @@ def eval_cfg(tmp_path, over, *extra):
                          tmp_path, config_name="evaluate")
 
 
-def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_store, tmp_path):
+def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_store, tmp_path, caplog):
     r = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
     (path,) = (tmp_path / "store" / "records" / "curve").glob("*.json")
     assert path.with_suffix(".png").is_file()
@@ -84,6 +84,13 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
     assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == json.loads(path.read_text())  # reused
     again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))
     assert again["curve"] == r["curve"]  # same seed, same numbers
+    # a record of an older evaluation semantics (a number computed another way) is said stale and recomputed
+    stale = json.loads(path.read_text())
+    stale["version"], stale["curve"]["cumulative"] = VERSIONS["curve"] - 1, [0.0] * 4
+    path.write_text(json.dumps(stale))
+    redone = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
+    assert redone["version"] == VERSIONS["curve"] and redone["curve"] == r["curve"]
+    assert "stale curve record" in caplog.text and "recomputing" in caplog.text
 
 
 def test_evaluate_refuses_k_beyond_the_trained_seeds(trained_store, tmp_path):

@@ -69,7 +69,7 @@ def test_compile_setting_is_a_mode_or_one_clear_error():
 
 
 @pytest.mark.parametrize("mode", [True, "reduce-overhead"])
-def test_compiled_model_is_not_saved_twice_and_computes_what_the_model_computes(tmp_path, mode):
+def test_compiled_model_wraps_the_model_and_is_not_saved_twice(tmp_path, mode):
     cfg = compose_train(["model=cnn", "model.width=4"], tmp_path)
     from hydra.utils import instantiate
     model = instantiate(cfg.model)

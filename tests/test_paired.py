@@ -82,6 +82,21 @@ def test_worst_case_equals_the_accuracy_of_the_union_of_flipped_points():
     assert outcomes.worst_case(r, 0.0).tolist() == [True, False, True, True, True, True]
 
 
+@pytest.mark.parametrize("aa, flagged", [([1, 1, 0, 1], False),   # AutoAttack 75 %, attack 75 %: no gap
+                                          ([1, 0, 0, 1], True),    # AutoAttack 50 %: 25 points below the attack
+                                          ([0, 1, 0, 1], True)])   # as low, on other points
+def test_a_row_flags_autoattack_more_than_flag_gap_below_the_evaluation_attack(aa, flagged):
+    from types import SimpleNamespace
+
+    from robust_ensembles.paper_tables.reports import row_cells
+    t = SimpleNamespace(spec=SimpleNamespace(get=lambda k: None, target_eps=0.5), flag_gap=0.01)
+    r = record([None, None, 0.25, None], aa_record(0.5, aa))   # the attack flips point 2 only: 75 %
+    cells = row_cells(t, r, [0, 0.5])
+    assert cells["AA eps=0.5"].endswith(" ⚠") == flagged
+    assert cells["attack - AA"] == f"{100 * (0.75 - sum(aa) / 4):+.2f}"
+    assert cells["attack eps=0.5 (AA points)"].startswith("75.00")
+
+
 def test_paired_worst_case_drops_autoattack_unless_both_sides_have_it():
     with_aa = record([None] * 4, aa_record(0.5, [0, 1, 1, 1]))
     without = record([None] * 4)
