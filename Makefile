@@ -55,12 +55,13 @@ profile:  ## where a PGD training step's time goes: torch.profiler tables of a c
 bench-gpu:  ## one paper-scale epoch (ResNet18, 50k images, PGD-7 at 0.5, batch 512) vs a clean epoch, on a GPU
 	$(PYTHON) -m robust_ensembles.bench bench.mode=gpu_epoch model=resnet18 bench.output=docs/bench-gpu.md $(ARGS)
 
-gpu-measurements:  ## every GPU figure of docs/paper-scale.md in one run of at most 10 minutes (results in logs/gpu/)
-	bash scripts/gpu_measurements.sh
+gpu-measurements:  ## every GPU figure of docs/paper-scale.md in one run that stops by 570 s (results in logs/gpu/)
+	PYTHON=$(PYTHON) bash scripts/gpu_measurements.sh
 
 device-carry:  ## wheels the GPU machine lacks (it has torch, no package index) and the data archive, into .device-carry/
 	rm -rf .device-carry && mkdir -p .device-carry
-	$(PYTHON) -m pip wheel -q --no-deps -w .device-carry hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 pyautoattack==0.2.0
+	$(PYTHON) -m pip install -q --no-deps --target .device-carry/site hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 pyautoattack==0.2.0
+	rm -rf .device-carry/site/pyautoattack/examples .device-carry/site/bin   # 43 MB of example weights; the tool's 64 MiB cap
 	cp ../shared/data/cifar10-jpeg-q75.tar.gz .device-carry/
 
 clean-outputs:  ## remove Hydra's per-run log folders (never the store)

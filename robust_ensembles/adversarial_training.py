@@ -7,7 +7,6 @@ training image (alpha = 0: natural training). Metrics are named for what they ar
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
@@ -17,10 +16,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from robust_ensembles.attacks import PGD
+from robust_ensembles.compilation import compiled, mark_step
 from robust_ensembles.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
 
 def adv_key(eps: float) -> str:
     return f"adv_acc@{eps:g}"
@@ -29,55 +26,6 @@ def adv_key(eps: float) -> str:
 def _slot(metric_name: str) -> str:
     """ModuleDict keys cannot hold '/', '@' or '.': 'test/adv_acc@0.25' -> 'test_adv_acc_at_0p25'."""
     return metric_name.replace("/", "_").replace("@", "_at_").replace(".", "p")
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_mode(compile: bool | str | None) -> str | None:
-    """`module.compile` as torch.compile's mode: false/null = eager, true = "default"; "reduce-overhead"
-    adds CUDA graphs (the attack's many small steps are launch-bound on a GPU; on a CPU torch skips them)."""
-    if compile is None or compile is False:
-        return None
-    if compile is True:
-        return "default"
-    if compile in COMPILE_MODES:
-        return str(compile)
-    raise ConfigError(f"module.compile={compile!r} must be false, true or a torch.compile mode: {', '.join(COMPILE_MODES)}.")
-
-
-class EagerFallback(nn.Module):
-    """`torch.compile(model, mode=mode)` that runs the model eagerly, with one warning, from the first call
-    at which compilation fails (torch compiles lazily: a missing compiler or an unsupported backend shows
-    at the first call, not at torch.compile). Eager is always correct, so a failure costs speed only."""
-
-    def __init__(self, model: nn.Module, mode: str):
-        super().__init__()
-        self.model, self.mode = model, mode
-        object.__setattr__(self, "compiled", torch.compile(model, mode=mode))  # not a second submodule
-
-    def forward(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: eager gives the same numbers
-                log.warning("torch.compile(mode=%r) failed at its first call (%s: %s); running eagerly",
-                            self.mode, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                object.__setattr__(self, "compiled", None)
-        return self.model(*args, **kwargs)
-
-
-def compiled(model: nn.Module, compile: bool | str | None = True) -> nn.Module:
-    """The model for forward passes under `module.compile` (see compile_mode): the model itself when eager,
-    else an EagerFallback around torch.compile (the model itself, with a warning, if torch.compile refuses)."""
-    mode = compile_mode(compile)
-    if mode is None:
-        return model
-    try:
-        return EagerFallback(model, mode)
-    except Exception as e:  # noqa: BLE001 - backend missing, unsupported platform: eager is always correct
-        log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, e)
-        return model
 
 
 class AdversarialTraining(pl.LightningModule):
@@ -89,7 +37,7 @@ class AdversarialTraining(pl.LightningModule):
         test_eps: radii at which `trainer.test` reports adversarial accuracy.
         train_nat_metrics: also log accuracy on the clean training batch (one extra forward).
         channels_last: run the model in channels_last memory format.
-        compile: false, true or a torch.compile mode (compile_mode); eager wherever compilation fails.
+        compile: false, true or a torch.compile mode (`robust_ensembles.compilation`).
         scheduler_interval: "epoch" or "step" (when the scheduler steps); a step-wise scheduler whose
             `total_steps` is null (OneCycleLR) gets the trainer's number of optimizer steps.
     """
@@ -148,6 +96,7 @@ class AdversarialTraining(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         x = self._input(x)
+        mark_step(self.forward_model)  # CUDA graphs (compile=reduce-overhead): a new iteration begins
         x_adv = self.attack(self.forward_model, x, y)
         logits = self.forward_model(x_adv)
         loss = F.cross_entropy(logits, y)

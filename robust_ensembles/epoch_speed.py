@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from robust_ensembles.adversarial_training import compile_mode, compiled
+from robust_ensembles.compilation import EagerFallback, compiled, mark_step
 from robust_ensembles.attacks import PGD
 from robust_ensembles.data import random_crop, random_flip
 
@@ -33,15 +33,15 @@ class EpochSetup:
     eps: float
     bf16: bool
     num_classes: int
-    lr: float = 0.1
-    momentum: float = 0.9
-    crop_padding: int = 4
-    rel_step_size: float = 2.5
+    lr: float
+    momentum: float
+    crop_padding: int
+    rel_step_size: float
 
     @classmethod
     def of(cls, cfg: DictConfig | dict, num_classes: int) -> "EpochSetup":
-        keys = {k: cfg[k] for k in ("n_images", "batch_size", "steps", "eps", "bf16")}
-        return cls(**keys, num_classes=num_classes)
+        keys = ("n_images", "batch_size", "steps", "eps", "bf16", "lr", "momentum", "crop_padding", "rel_step_size")
+        return cls(**{k: cfg[k] for k in keys}, num_classes=num_classes)
 
 
 def sync(device: torch.device) -> None:
@@ -49,15 +49,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class EpochRunner:
+    """Runs one epoch (adversarial or clean) of a fresh model built from `model_cfg`; `fell_back` says
+    whether a compiled model fell back to eager (its compiler failed), so its times are not the mode's."""
+
+    def __init__(self, epoch: Callable[[bool], None], forward: torch.nn.Module):
+        self.epoch, self.forward = epoch, forward
+
+    def __call__(self, adversarial: bool) -> None:
+        self.epoch(adversarial)
+
+    @property
+    def fell_back(self) -> bool:
+        return isinstance(self.forward, EagerFallback) and self.forward.fell_back
+
+
 def epoch_runner(setup: EpochSetup, model_cfg: DictConfig, device: torch.device, compile: bool | str = False,
-                 seed: int = 0) -> Callable[[bool], None]:
-    """A function running one epoch (adversarial or clean) of a fresh model built from `model_cfg`."""
+                 seed: int = 0) -> EpochRunner:
+    """An EpochRunner of a fresh model built from `model_cfg` under `compile` (module.compile's values)."""
     torch.manual_seed(seed)
     data = torch.randint(0, 256, (setup.n_images, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, setup.num_classes, (setup.n_images,), device=device)
     model = instantiate(model_cfg).to(device).to(memory_format=torch.channels_last)
     forward = compiled(model, compile)
-    graphs = device.type == "cuda" and compile_mode(compile) in ("reduce-overhead", "max-autotune")
     opt = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum, nesterov=True)
     attack = PGD(eps=setup.eps, norm="l2", steps=setup.steps, rel_step_size=setup.rel_step_size, random_start=True)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if setup.bf16 else contextlib.nullcontext
@@ -70,8 +84,7 @@ def epoch_runner(setup: EpochSetup, model_cfg: DictConfig, device: torch.device,
             x = random_flip(random_crop(data[idx].float() / 255, setup.crop_padding))
             x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
-            if graphs:  # CUDA graphs: a new iteration begins, earlier graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
+            mark_step(forward)  # as AdversarialTraining.training_step does
             with autocast():
                 if adversarial:
                     x = attack(forward, x, y)
@@ -80,7 +93,7 @@ def epoch_runner(setup: EpochSetup, model_cfg: DictConfig, device: torch.device,
             loss.backward()
             opt.step()
 
-    return epoch
+    return EpochRunner(epoch, forward)
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -103,7 +116,8 @@ def _concurrent_worker(rank: int, setup: EpochSetup, model_cfg: dict, device: st
 
 
 def concurrent_images_per_s(processes: int, setup: EpochSetup, model_cfg: DictConfig, device: torch.device,
-                            compile: bool | str = False, epochs: int = 1, threads: int | None = None) -> float:
+                            compile: bool | str = False, epochs: int = 1, threads: int | None = None,
+                            poll_s: float = 5.0) -> float:
     """Aggregate adversarial-training images per second of `processes` seeds' jobs sharing the device, one
     process each (as the launcher runs them with jobs_per_gpu > 1), started together after a warm-up epoch."""
     ctx = torch.multiprocessing.get_context("spawn")
@@ -115,7 +129,7 @@ def concurrent_images_per_s(processes: int, setup: EpochSetup, model_cfg: DictCo
     walls: list[float] = []
     while len(walls) < processes:
         try:
-            walls.append(results.get(timeout=5))
+            walls.append(results.get(timeout=poll_s))  # then look whether a process died
         except queue.Empty:
             failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
             if failed:  # the others would wait at the barrier for ever

@@ -68,7 +68,7 @@ def test_paper_fast_recipe_keeps_the_papers_model_and_attack_on_a_one_cycle_sche
     assert fast.model == paper.model and fast.attack == paper.attack and fast.eval_attack == paper.eval_attack
     assert fast.module.scheduler._target_.endswith("OneCycleLR") and fast.module.scheduler_interval == "step"
     assert fast.module.scheduler.max_lr == fast.module.optimizer.lr == 0.2 and fast.module.optimizer.nesterov
-    assert (fast.trainer.max_epochs, fast.data.batch_size, fast.data.val_size) == (30, 512, 1000)
+    assert (fast.trainer.max_epochs, fast.data.batch_size, fast.data.val_size) == (24, 512, 1000)
     assert fast.data.source == "folder"   # the offline archive: the GPU machine reaches no dataset host
 
 

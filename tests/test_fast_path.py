@@ -6,7 +6,8 @@ import torch
 
 import pytest
 
-from robust_ensembles.adversarial_training import AdversarialTraining, EagerFallback, compile_mode, compiled
+from robust_ensembles.adversarial_training import AdversarialTraining
+from robust_ensembles.compilation import EagerFallback, compile_mode, compiled
 from robust_ensembles.errors import ConfigError
 from tests.conftest import compose_train
 from tests.test_data import module
@@ -46,10 +47,14 @@ def test_compile_falls_back_to_eager_when_the_first_call_fails(monkeypatch, capl
     """torch compiles lazily: a missing compiler shows at the first call; that call and the next run eagerly."""
     calls = []
 
+    class InductorError(Exception):  # as torch's compiler stack raises it
+        pass
+    InductorError.__module__ = "torch._inductor.exc"
+
     def lazy_failure(model, mode=None):
         def run(*args):
             calls.append(mode)
-            raise RuntimeError("BackendCompilerFailed: no C++ compiler")
+            raise InductorError("CppCompileError: no C++ compiler")
         return run
 
     monkeypatch.setattr(torch, "compile", lazy_failure)
@@ -57,8 +62,21 @@ def test_compile_falls_back_to_eager_when_the_first_call_fails(monkeypatch, capl
     wrapped = compiled(net, "reduce-overhead")
     x = torch.randn(3, 2)
     assert torch.equal(wrapped(x), net(x)) and torch.equal(wrapped(x), net(x))
-    assert calls == ["reduce-overhead"]  # tried once, then eager for good
-    assert "running eagerly" in caplog.text
+    assert calls == ["reduce-overhead"] and wrapped.fell_back  # tried once, then eager for good
+    assert "failed at call 1" in caplog.text and "running eagerly" in caplog.text
+
+
+def test_compile_does_not_hide_errors_that_are_not_the_compilers(monkeypatch):
+    def model_error(model, mode=None):
+        def run(*args):
+            raise ValueError("expected 4-d input")   # eager would fail the same way: raise it, do not fall back
+        return run
+
+    monkeypatch.setattr(torch, "compile", model_error)
+    wrapped = compiled(torch.nn.Linear(2, 2), True)
+    with pytest.raises(ValueError, match="expected 4-d input"):
+        wrapped(torch.randn(3, 2))
+    assert not wrapped.fell_back
 
 
 def test_compile_setting_is_a_mode_or_one_clear_error():

@@ -32,10 +32,10 @@ def launcher_cfg(name: str) -> dict:
     return yaml.safe_load(out.stdout.split("\n", 1)[1])
 
 
-def ray_remote(*overrides: str):
+def ray_remote(*overrides: str, config: str = "train"):
     """The gpus launcher's per-job Ray resources, composed and resolved as the launcher resolves them."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("train", overrides=["hydra/launcher=gpus", *overrides], return_hydra_config=True)
+        cfg = compose(config, overrides=["hydra/launcher=gpus", *overrides], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("RayLauncher") and cfg.hydra.launcher.ray.init.get("num_gpus") is None
     return cfg.hydra.launcher.ray.remote
 
@@ -46,6 +46,8 @@ def test_gpus_launcher_gives_each_job_one_gpu_or_a_share_of_one():
     assert ray_remote("jobs_per_gpu=2").num_gpus == 0.5 and ray_remote("jobs_per_gpu=4").num_gpus == 0.25
     with pytest.raises(Exception, match="jobs_per_gpu=0 must be an integer >= 1"):
         ray_remote("jobs_per_gpu=0").num_gpus
+    # the table driver's evaluation jobs go through the same launcher (their config has no jobs_per_gpu)
+    assert ray_remote("rows_file=rows.json", "row=0", config="evaluate_row").num_gpus == 1.0
 
 
 @needs_submitit
