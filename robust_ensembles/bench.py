@@ -85,9 +85,14 @@ def common_pgd(model, x, y, eps, steps, step_size, tiny):
     return (x + delta).detach()
 
 
+def first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
 class Report:
-    """Rows (median, min, max, target, met) and notes; with `output`, the file is rewritten (header, table,
-    notes) at every row and note, so a run stopped early still leaves what it measured."""
+    """Rows (median, min, max, target, met) and notes; with `output`, `<output>.partial` is rewritten at every
+    row and note (a run stopped early still leaves what it measured, beside the last complete file), and
+    `finish` moves it onto `output`."""
 
     def __init__(self, output: str | Path | None = None, head: str = ""):
         self.rows: list[tuple[str, float, float, float, str, bool | None]] = []
@@ -108,7 +113,12 @@ class Report:
     def save(self) -> None:
         if self.output:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.output.write_text(self.text())
+            self.output.with_name(self.output.name + ".partial").write_text(self.text())
+
+    def finish(self) -> None:
+        self.save()
+        if self.output:
+            self.output.with_name(self.output.name + ".partial").replace(self.output)
 
     def markdown(self) -> str:
         lines = ["| measurement | median | min | max | target | met |", "| --- | ---: | ---: | ---: | --- | --- |"]
@@ -255,26 +265,29 @@ def bench_gpu_epoch(cfg: DictConfig, device: torch.device, rep: Report) -> Repor
     med = statistics.median(t["adv"])
     rep.add(f"PGD-{g.steps} epoch seconds, eager", (med, min(t["adv"]), max(t["adv"])), target, med <= bar)
     if g.processes:
-        one = epoch_speed.concurrent_images_per_s(1, setup, cfg.model, device, epochs=g.process_epochs,
-                                                  threads=g.process_threads, poll_s=g.process_poll_s)
-        rep.add("images/s, one training process alone", (one,) * 3)
-        for n in g.processes:
-            agg = epoch_speed.concurrent_images_per_s(n, setup, cfg.model, device, epochs=g.process_epochs,
+        try:
+            one = epoch_speed.concurrent_images_per_s(1, setup, cfg.model, device, epochs=g.process_epochs,
                                                       threads=g.process_threads, poll_s=g.process_poll_s)
-            rep.add(f"images/s, {n} seeds' processes sharing the device / one alone", (agg / one,) * 3,
-                    f">= {g.target_processes_ratio}", agg / one >= g.target_processes_ratio)
+            rep.add("images/s, one training process alone", (one,) * 3)
+            for n in g.processes:
+                agg = epoch_speed.concurrent_images_per_s(n, setup, cfg.model, device, epochs=g.process_epochs,
+                                                          threads=g.process_threads, poll_s=g.process_poll_s)
+                rep.add(f"images/s, {n} seeds' processes sharing the device / one alone", (agg / one,) * 3,
+                        f">= {g.target_processes_ratio}", agg / one >= g.target_processes_ratio)
+        except Exception as e:  # noqa: BLE001 - the compile modes below still get measured
+            rep.note(f"seeds' processes: **failed** ({first_line(e)})")
     medians = {"eager": med}
     for mode in g.compile_modes:
         torch._dynamo.reset()  # each mode compiles from scratch, under no earlier mode's cache or recompile limit
         try:
             run = epoch_speed.epoch_runner(setup, cfg.model, device, compile=mode)
             first = epoch_speed.timed(lambda: run(True), device)  # compiles
+            if run.fell_back:  # its compiler failed and the model ran eagerly: no time of it is the mode's
+                rep.note(f"compile {mode}: **failed**, the compiler fell back to eager (see the log)")
+                continue
             t = interleaved({"eager": lambda: eager(True), mode: lambda: run(True)}, g.repeats, 0, 1, device)
         except Exception as e:  # noqa: BLE001 - one mode failing must not cost the others' figures
-            rep.note(f"compile {mode}: **failed** ({type(e).__name__}: {str(e).splitlines()[0]})")
-            continue
-        if run.fell_back:  # its compiler failed and the model ran eagerly: those are not the mode's times
-            rep.note(f"compile {mode}: **failed**, the compiler fell back to eager (see the log)")
+            rep.note(f"compile {mode}: **failed** ({first_line(e)})")
             continue
         rep.note(f"compile {mode}: first epoch (compiling) {first:.1f} s")
         medians[mode] = statistics.median(t[mode])
@@ -516,7 +529,7 @@ def bench(cfg: DictConfig) -> Report:
     else:
         raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile, eval_attacks, "
                           f"alpha_search or precision.")
-    rep.save()
+    rep.finish()
     print(rep.text(), flush=True)
     return rep
 

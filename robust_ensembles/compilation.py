@@ -35,8 +35,8 @@ def compile_mode(compile: bool | str | None) -> str | None:
 
 def is_compiler_error(e: BaseException) -> bool:
     """An error of torch's compiler stack (dynamo tracing, inductor code generation, a C++ or Triton
-    build), not of the model: those are the failures eager execution does not share."""
-    return type(e).__module__.startswith(("torch._dynamo", "torch._inductor")) and not isinstance(e, torch.OutOfMemoryError)
+    build: torch._dynamo, torch._inductor, triton), not of the model: those are the failures eager execution does not share."""
+    return type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) and not isinstance(e, torch.OutOfMemoryError)
 
 
 class EagerFallback(nn.Module):

@@ -37,10 +37,14 @@ class EpochSetup:
     momentum: float
     crop_padding: int
     rel_step_size: float
+    nesterov: bool
+    weight_decay: float
+    image_size: int
 
     @classmethod
     def of(cls, cfg: DictConfig | dict, num_classes: int) -> "EpochSetup":
-        keys = ("n_images", "batch_size", "steps", "eps", "bf16", "lr", "momentum", "crop_padding", "rel_step_size")
+        keys = ("n_images", "batch_size", "steps", "eps", "bf16", "lr", "momentum", "crop_padding", "rel_step_size",
+                "nesterov", "weight_decay", "image_size")
         return cls(**{k: cfg[k] for k in keys}, num_classes=num_classes)
 
 
@@ -68,11 +72,13 @@ def epoch_runner(setup: EpochSetup, model_cfg: DictConfig, device: torch.device,
                  seed: int = 0) -> EpochRunner:
     """An EpochRunner of a fresh model built from `model_cfg` under `compile` (module.compile's values)."""
     torch.manual_seed(seed)
-    data = torch.randint(0, 256, (setup.n_images, 3, 32, 32), dtype=torch.uint8, device=device)
+    shape = (setup.n_images, 3, setup.image_size, setup.image_size)
+    data = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     labels = torch.randint(0, setup.num_classes, (setup.n_images,), device=device)
     model = instantiate(model_cfg).to(device).to(memory_format=torch.channels_last)
     forward = compiled(model, compile)
-    opt = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum, nesterov=setup.nesterov,
+                          weight_decay=setup.weight_decay)
     attack = PGD(eps=setup.eps, norm="l2", steps=setup.steps, rel_step_size=setup.rel_step_size, random_start=True)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if setup.bf16 else contextlib.nullcontext
 

@@ -55,7 +55,8 @@ def test_gpu_epoch_logic_runs_on_the_cpu_at_small_size(tmp_path):
     rows = {r[0]: r for r in rep.rows}
     assert rows["PGD-7 epoch / clean epoch (32 images, batch 16), eager"][1] > 1
     eager = rows["PGD-7 epoch seconds, eager"]
-    bar = 3.5 * rows["clean epoch seconds, eager"][1] / 0.891   # conf/bench.yaml: target_s x clean / reference
+    g = compose_bench(tmp_path).bench.gpu_epoch
+    bar = g.target_s * rows["clean epoch seconds, eager"][1] / g.reference_clean_epoch_s
     assert "x clean epoch" in eager[4] and eager[5] == (eager[1] <= bar)
     assert rep.notes == ["fastest epoch: eager (module.compile=false)"]
 
