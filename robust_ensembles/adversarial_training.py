@@ -19,6 +19,7 @@ from robust_ensembles.attacks import PGD
 from robust_ensembles.compilation import compiled, mark_step
 from robust_ensembles.errors import ConfigError
 
+
 def adv_key(eps: float) -> str:
     return f"adv_acc@{eps:g}"
 

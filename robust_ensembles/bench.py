@@ -194,8 +194,8 @@ def bench_torchattacks(cfg, model, x, y, attack, rep, run, device):
     same = abs(acc["ours"] - acc["torchattacks"]) <= se
     rep.add(f"3. torchattacks.PGDL2-{attack.steps} / ours", med, ">= 1.0", med[0] >= 1.0)
     rep.note(f"3. accuracy at eps={eps} on {len(ys)} points ({b.accuracy_source}): ours "
-                     f"{100 * acc['ours']:.2f}%, torchattacks {100 * acc['torchattacks']:.2f}% (1 SE = "
-                     f"{100 * se:.2f} points): {'same within 1 SE' if same else '**differ by more than 1 SE**'}")
+              f"{100 * acc['ours']:.2f}%, torchattacks {100 * acc['torchattacks']:.2f}% (1 SE = "
+              f"{100 * se:.2f} points): {'same within 1 SE' if same else '**differ by more than 1 SE**'}")
 
 
 def accuracy_data(cfg, model, device):
@@ -243,7 +243,7 @@ def bench_ensemble(cfg, device, rep, run):
                 "< 1 means faster than loop")
     best = min(t, key=lambda n: statistics.median(t[n]))
     rep.note(f"4. fastest ensemble path on {device.type}: {best} "
-                     f"(median {1000 * statistics.median(t[best]):.1f} ms per call, batch {b.ensemble_batch})")
+              f"(median {1000 * statistics.median(t[best]):.1f} ms per call, batch {b.ensemble_batch})")
 
 
 def bench_gpu_epoch(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
@@ -326,8 +326,8 @@ def bench_profile(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
         kind = "device" if device.type == "cuda" else "cpu"  # on a GPU the kernels' time, not their launches
         ms[name] = sum(getattr(e, f"self_{kind}_time_total") for e in prof.key_averages()) / p.calls / 1000
         rep.note(f"{name}: {ms[name]:.1f} ms per call (profiled self {kind} time, {p.calls} calls)\n\n```\n"
-                         + prof.key_averages().table(sort_by=f"self_{kind}_time_total", row_limit=p.row_limit,
-                                                     max_name_column_width=40) + "```")
+                  + prof.key_averages().table(sort_by=f"self_{kind}_time_total", row_limit=p.row_limit,
+                                              max_name_column_width=40) + "```")
     attack_ms, clean_ms = ms[f"PGD-{k} attack only"], ms["clean training step"]
     rep.add(f"profile: PGD-{k} attack / clean step", (attack_ms / clean_ms,) * 3)
     rep.add("profile: one attack step / clean step", (attack_ms / k / clean_ms,) * 3,
@@ -397,7 +397,7 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device, rep: Report) -> Re
                 max(ratios[name])), f"<= {e.max_ratio}; worst gap to AA {100 * worst:+.2f} points "
                 f"(bar <= {100 * e.max_gap:g})", statistics.median(ratios[name]) <= e.max_ratio and worst <= e.max_gap)
     rep.note(f"per row and attack, on the first {e.n} test points at eps={e.eps} (AutoAttack: the stored "
-                     f"standard record; acc = the attack's curve, every grid radius up to eps):\n\n" + "\n".join(lines))
+              f"standard record; acc = the attack's curve, every grid radius up to eps):\n\n" + "\n".join(lines))
     rep.note("baseline gap to AutoAttack per row: " + ", ".join(f"{100 * g:+.2f}" for g in gaps["baseline"]))
     return rep
 
@@ -417,15 +417,16 @@ def bench_precision(cfg: DictConfig, rep: Report) -> Report:
                                                           f"evaluation.auc_eps={p.eps}", f"evaluation.precision={prec}"]))
                for prec in p.precisions}
     ref = p.precisions[0]
-    base = under_curve(records[ref], p.eps)
+    robust = {prec: under_curve(rec, p.eps) for prec, rec in records.items()}   # per point, at eps
+    base = robust[ref]
     se = standard_error(base.float().mean().item(), len(base))
     for prec, rec in records.items():
-        acc = under_curve(rec, p.eps).float().mean().item()
+        acc = robust[prec].float().mean().item()
         rep.note(f"{prec}: accuracy at {p.eps} {100 * acc:.2f}% on {len(base)} points "
-                         f"(clean {100 * under_curve(rec, 0.0).float().mean().item():.2f}%), {rec['wall_s']:.1f} s "
-                         f"on {rec['device']}")
+                  f"(clean {100 * under_curve(rec, 0.0).float().mean().item():.2f}%), {rec['wall_s']:.1f} s "
+                  f"on {rec['device']}")
     for prec in p.precisions[1:]:
-        d = paired_difference(under_curve(records[prec], p.eps), base, p.level)
+        d = paired_difference(robust[prec], base, p.level)
         rep.add(f"accuracy at {p.eps}: {prec} - {ref}, points [{d.low * 100:+.2f}, {d.high * 100:+.2f}] "
                 f"({d.first_only} vs {d.second_only} discordant)", (100 * d.estimate,) * 3,
                 f"abs(difference) <= 1 SE of {ref} = {100 * se:.2f}", abs(d.estimate) <= se)
@@ -462,8 +463,8 @@ def bench_alpha_search(cfg: DictConfig, rep: Report) -> Report:
                 (statistics.median(c), min(c), max(c)), f"mean {statistics.mean(c):.1f}; missed the answer "
                 f"in {misses[name]} of {len(cases)}")
     rep.note(f"stand-ins: crossing alpha {list(a.crossings)} x slope of the robust gap {list(a.slopes)}; "
-                     f"n={a.n} validation points, margin {a.margin}, resolution {a.resolution}, bracket "
-                     f"{list(a.bracket)} x eps_t={a.target_eps}; optuna_tpe capped at {a.optuna_max_trials} alphas")
+              f"n={a.n} validation points, margin {a.margin}, resolution {a.resolution}, bracket "
+              f"{list(a.bracket)} x eps_t={a.target_eps}; optuna_tpe capped at {a.optuna_max_trials} alphas")
     return rep
 
 
