@@ -128,7 +128,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
         cfg.paths.run_dir = str(path.with_suffix(""))
     trainer, logger = jobs.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)
     datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
-    module = EnsembleEvaluation(model, attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
+    module = EnsembleEvaluation(in_memory_format(model, cfg), attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
     with jobs.tracked():
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -160,6 +160,12 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
     log.info("[store] evaluated %s -> %s", label, path)
     print(format_curve(record), flush=True)
     return record
+
+
+def in_memory_format(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """The evaluated model in `evaluation.channels_last`'s memory format (attacks hand over NCHW inputs;
+    convolutions then run channels_last, the faster path on CPU: docs/evaluation.md)."""
+    return model.to(memory_format=torch.channels_last if cfg.evaluation.channels_last else torch.contiguous_format)
 
 
 def per_point(module: EnsembleEvaluation) -> dict:
@@ -219,7 +225,7 @@ def autoattack_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], l
                           f"{len(y)} points; lower evaluation.autoattack.n or raise data.test_subset.")
     log.info("AutoAttack (%s) on %s: %d points at eps=%g on %s", autoattack.version, label, len(y), aa_cfg.eps, device)
     start = time.perf_counter()
-    model = model.to(device).eval()
+    model = in_memory_format(model.to(device), cfg).eval()
     robust = checks.correct(model, autoattack(model, x, y, eps=float(aa_cfg.eps)), y, cfg.evaluation.batch_size)
     acc = robust.float().mean().item()
     payload = {"eps": float(aa_cfg.eps), "n": len(y), "K": len(runs), "experiment": cfg.name,
