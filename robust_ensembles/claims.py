@@ -23,6 +23,7 @@ curve, and AutoAttack where it ran).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -55,9 +56,20 @@ def combine(*verdicts: str) -> str:
     return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
 
 
-def attacks_text(autoattack: bool) -> str:
-    return ("per point the worst case of the evaluation attack and AutoAttack (both models have it on the same points)"
-            if autoattack else "the evaluation attack only (AutoAttack is not on both models' points at this eps)")
+def attacks_text(procedures: set) -> str:
+    """Which attacks a paired comparison combined per point (`outcomes.common_procedures` of its pairs)."""
+    if not procedures:
+        return "the evaluation attack only (no other attack record is on both models' points at this eps)"
+    listed = "; ".join(f"{settings_name(s)} at eps={e:g} on the first {n} points" for e, n, s in sorted(procedures))
+    return f"per point the worst case of the evaluation attack and, run on both models: {listed}"
+
+
+def settings_name(settings: str) -> str:
+    """A short name of an attack record's settings (`outcomes.procedure`'s JSON): version and attacks."""
+    s = json.loads(settings)
+    if not isinstance(s, dict):
+        return f"AutoAttack {s}"
+    return f"AutoAttack {s.get('version')}" + (f" [{', '.join(s['attacks'])}]" if s.get("attacks") else "")
 
 
 def at_least(d: Difference, margin: float) -> str:
@@ -77,14 +89,14 @@ def ensemble_vs_single(ensemble: dict, single: dict, eps: float, margin: float, 
     robust = paired_difference(*outcomes.paired_worst_case(ensemble, single, eps), level)
     clean = paired_difference(outcomes.under_curve(ensemble, 0.0), outcomes.under_curve(single, 0.0), level)
     r_v, c_v = at_least(robust, margin), at_least(clean, 0.0)
-    both = outcomes.paired_autoattack(ensemble, single, eps)
+    both = outcomes.common_procedures(ensemble, single, eps)
     detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {robust.text()}, non-inferiority margin "
               f"{100 * margin:g} points ({r_v}). Clean: {clean.text()}, must be above 0 ({c_v}). "
               f"{100 * level:g}% intervals, {robust.method}; {attacks_text(both)}.")
     return Verdict(f"(1) {ensemble_label} is at least as robust at eps={eps:g} as {single_label}, and more accurate "
                    f"on clean data", combine(r_v, c_v), detail,
                    {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps,
-                    "autoattack_included": both})
+                    "autoattack_included": bool(both)})
 
 
 def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: float) -> Verdict:
@@ -96,7 +108,8 @@ def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: fl
     last = paired_difference(*outcomes.paired_worst_case(records[best], records[before], eps), level)
     g_v = HOLDS if growth.low > 0 else FAILS if growth.high < margin else INCONCLUSIVE
     s_v = within(last, margin)
-    both = all(outcomes.paired_autoattack(records[best], r, eps) for r in (records[1], records[before]))
+    both = (outcomes.common_procedures(records[best], records[1], eps)
+            & outcomes.common_procedures(records[best], records[before], eps))
     detail = (f"Growth, K={best} - K=1 at eps={eps:g}: {growth.text()}, must be above 0; no growth if wholly "
               f"below the margin ({g_v}). Saturation, "
               f"K={best} - K={before}: {last.text()}, must lie within +-{100 * margin:g} points ({s_v}). "
@@ -104,7 +117,7 @@ def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: fl
     return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K and saturates (K in {ks})",
                    combine(g_v, s_v), detail,
                    {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks,
-                    "autoattack_included": both})
+                    "autoattack_included": bool(both)})
 
 
 def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_acc: Sequence[float]) -> tuple[float, str]:

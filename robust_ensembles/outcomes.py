@@ -1,15 +1,17 @@
 """Per-point outcomes of one evaluated model, combined over every attack run on it.
 
 A point counts as robust at eps only if no attack run on it at a radius at most eps flipped it:
-the curve (the evaluation attack at every grid radius up to eps: `min_flip > eps`), and any
-AutoAttack record (AutoAttack on the first n points at one radius e <= eps; a point flipped inside
-the ball of radius e is flipped inside every larger ball).
+the curve (the evaluation attack at every grid radius up to eps: `min_flip > eps`), and every
+per-point attack record of the same model and points (the table's AutoAttack column, and any
+later attack stored for it: AutoAttack on the first n points at one radius e <= eps; a point
+flipped inside the ball of radius e is flipped inside every larger ball).
 Both record kinds keep their per-point outcomes in the order of the split's points, so outcomes of
 two models on the same split line up point by point (the paired statistics use this).
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -39,36 +41,70 @@ def covered(curve_outcomes: torch.Tensor, aa: dict) -> torch.Tensor:
     return curve_outcomes
 
 
+def point_attacks(record: dict) -> list[dict]:
+    """Every per-point attack record run on the record's model and points: the table's AutoAttack
+    column (`record["autoattack"]`) and any later one the store holds for the same model and points
+    (`record["attacks"]`: AutoAttack, a subset of it, Square, at any radius; `robustness.point_attack_records`),
+    each once."""
+    out, seen = [], set()
+    for aa in [record.get("autoattack"), *(record.get("attacks") or [])]:
+        name = aa and (aa.get("key") or id(aa))
+        if aa and name not in seen:
+            seen.add(name)
+            out.append(aa)
+    return out
+
+
+def procedure(aa: dict) -> tuple:
+    """What makes two models' attack records the same attack procedure: radius, points and settings."""
+    settings = (aa.get("spec") or {}).get("autoattack") or aa.get("autoattack")
+    return round(float(aa["eps"]), 9), int(aa["n"]), json.dumps(settings, sort_keys=True)
+
+
+def applicable(record: dict, eps: float) -> list[dict]:
+    """The record's per-point attacks whose radius is <= eps (each bounds the accuracy at eps)."""
+    return [aa for aa in point_attacks(record) if aa["eps"] <= eps + 1e-12]
+
+
 def applicable_autoattack(record: dict, eps: float) -> dict | None:
-    """The record's AutoAttack record when its radius is <= eps (it then bounds the accuracy at eps)."""
+    """The record's AutoAttack-column record when its radius is <= eps (it then bounds the accuracy at eps)."""
     aa = record.get("autoattack")
     return aa if aa and aa["eps"] <= eps + 1e-12 else None
 
 
-def worst_case(record: dict, eps: float, autoattack: bool = True) -> torch.Tensor:
-    """Per point of the record's split: robust at eps under every attack run on it (curve, and with
-    `autoattack` the AutoAttack record's attacks where their radius is <= eps)."""
+def worst_case(record: dict, eps: float, autoattack: bool = True, procedures: set | None = None) -> torch.Tensor:
+    """Per point of the record's split: robust at eps under every attack run on it (the curve, and with
+    `autoattack` every per-point attack record whose radius is <= eps; with `procedures` only those
+    whose `procedure` is in it)."""
     robust = under_curve(record, eps)
-    aa = applicable_autoattack(record, eps) if autoattack else None
-    if aa:
+    if not autoattack:
+        return robust
+    for aa in applicable(record, eps):
+        if procedures is not None and procedure(aa) not in procedures:
+            continue
         covered(robust, aa)
         robust = robust.clone()
         robust[:aa["n"]] &= under_autoattack(aa)
     return robust
 
 
+def common_procedures(first: dict, second: dict, eps: float) -> set:
+    """The attack procedures (radius, points, settings) both models have a per-point record of, at <= eps."""
+    return {procedure(a) for a in applicable(first, eps)} & {procedure(b) for b in applicable(second, eps)}
+
+
 def paired_autoattack(first: dict, second: dict, eps: float) -> bool:
-    """Whether both models have an AutoAttack record that applies at eps, on the same points and radius."""
+    """Whether both models have an AutoAttack-column record that applies at eps, on the same points and radius."""
     a, b = applicable_autoattack(first, eps), applicable_autoattack(second, eps)
     return bool(a and b and a["n"] == b["n"] and math.isclose(a["eps"], b["eps"]))
 
 
 def paired_worst_case(first: dict, second: dict, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both models' per-point outcomes at eps under the same attack procedure: AutoAttack counts only
-    when both have an applicable record on the same points (else one side would face an attack the
-    other did not)."""
-    both = paired_autoattack(first, second, eps)
-    return worst_case(first, eps, both), worst_case(second, eps, both)
+    """Both models' per-point outcomes at eps under the same attack procedure: a per-point attack record
+    counts only when both have one of the same procedure (else one side would face an attack the other
+    did not); the curve always counts (both evaluated on the same grid)."""
+    both = common_procedures(first, second, eps)
+    return worst_case(first, eps, procedures=both), worst_case(second, eps, procedures=both)
 
 
 def autoattack_columns(record: dict) -> dict | None:

@@ -46,7 +46,20 @@ def evaluate(cfg: DictConfig) -> dict:
     result = curve_record(cfg, model, runs, label, attack)
     if cfg.evaluation.autoattack.eps is not None:
         result["autoattack"] = autoattack_record(cfg, model, runs, label)
+    result["attacks"] = point_attack_records(cfg, model, runs)
     return result
+
+
+def point_attack_records(cfg: DictConfig, model: Ensemble, runs: list[store.Run]) -> list[dict]:
+    """Every per-point attack record the store holds for this model (members, weights, combination) on
+    these test points, at any radius and with any settings: the AutoAttack column's, and any attack run
+    later (e.g. `python -m robust_ensembles.evaluate ... evaluation.autoattack.eps=0.5
+    checks.autoattack.version=standard`). The tables combine them per point with the curve
+    (`outcomes.worst_case`)."""
+    same = store.canonical_json({"members": [r.key for r in runs], "weights": model.weights.tolist(),
+                                 "combine": cfg.ensemble.combine, "test": test_points(cfg)})
+    return [r for r in store.records(cfg.store.root, AUTOATTACK, VERSIONS[AUTOATTACK])
+            if all(r.get("spec", {}).get(k) == v for k, v in same.items())]
 
 
 def stored(cfg: DictConfig) -> dict:
@@ -73,7 +86,7 @@ def stored(cfg: DictConfig) -> dict:
     spec = curve_spec(cfg, model, runs)
     aa_spec = autoattack_spec(cfg, model, runs, instantiate(cfg.checks.autoattack)) if want_aa else None
     return {"curve": _stored(cfg, CURVE, spec), "autoattack": _stored(cfg, AUTOATTACK, aa_spec) if want_aa else None,
-            "K": len(runs), "curve_key": store.key_of(spec), "autoattack_key": store.key_of(aa_spec) if want_aa else None}
+            "attacks": point_attack_records(cfg, model, runs), "K": len(runs), "curve_key": store.key_of(spec), "autoattack_key": store.key_of(aa_spec) if want_aa else None}
 
 
 def this_device() -> str:

@@ -81,7 +81,8 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
         assert sum(f is None or f > e for f in pts["min_flip"]) == round(c["cumulative"][i] * 64)
         assert sum(row[i] == "1" for row in pts["correct_at"]) == round(c["per_eps"][i] * 64)
     assert r["device"] == "cpu" and r["precision"] == "32-true" and r["version"] == VERSIONS["curve"]
-    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2")) == json.loads(path.read_text())  # reused
+    reused = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
+    assert reused.pop("attacks") == [] and reused == json.loads(path.read_text())  # reused
     again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))
     assert again["curve"] == r["curve"]  # same seed, same numbers
     # a record of an older evaluation semantics (a number computed another way) is said stale and recomputed
@@ -171,3 +172,22 @@ def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_p
     assert seconds_per_member_point(cfg, CURVE, device="cpu") == pytest.approx(1.0)       # 20 s / (2 x 10)
     assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H200") == pytest.approx(0.05)
     assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H100 80GB HBM3") is None  # no record of that kind
+
+
+def test_a_later_attack_on_the_same_model_and_points_is_picked_up_and_no_other_models(trained_store, tmp_path):
+    """Any attack record stored later for a model (another radius, other AutoAttack settings) comes back
+    with its evaluation, so the tables combine it per point; another model's records do not."""
+    column = ["evaluation.autoattack.eps=0.25", "evaluation.autoattack.n=8", *CHEAP_AUTOATTACK]
+    first = evaluate(eval_cfg(tmp_path, trained_store, "K=2", *column))
+    assert [a["key"] for a in first["attacks"]] == [first["autoattack"]["key"]]
+    later = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.autoattack.eps=0.5",
+                              "evaluation.autoattack.n=16", *CHEAP_AUTOATTACK))
+    again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", *column))
+    assert sorted(a["key"] for a in again["attacks"]) == sorted([first["autoattack"]["key"], later["autoattack"]["key"]])
+    robust = outcomes.worst_case(again, 0.5)
+    by_hand = torch.tensor([f is None or f > 0.5 for f in again["per_point"]["min_flip"]])
+    for aa in (first["autoattack"], later["autoattack"]):
+        by_hand[:aa["n"]] &= torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
+    assert robust.tolist() == by_hand.tolist()
+    other = evaluate(eval_cfg(tmp_path, trained_store, "K=1"))  # another model: none of K=2's records
+    assert other["attacks"] == []

@@ -169,3 +169,46 @@ def test_equivalent_eps_verdict_when_the_interval_is_censored_by_the_grid():
     assert claims.equivalent_eps_about_2alpha(ahead, singles, 0.25, 0.2, 200, 0, 0.95, "x").verdict == claims.FAILS
     assert claims.equivalent_eps_about_2alpha(ahead, singles, 0.5, 0.2, 200, 0, 0.95, "x").verdict == \
         claims.INCONCLUSIVE  # "> 1.0" may lie inside [0.8, 1.2]
+
+
+def later(eps: float, correct: list[int], version: str = "standard", attacks=None, key: str = "later") -> dict:
+    """A later per-point attack record, as the store keeps it (settings in its spec)."""
+    return {**aa_record(eps, correct), "key": key, "autoattack": version,
+            "spec": {"autoattack": {"version": version, "attacks": attacks, "norm": "l2"}}}
+
+
+def test_a_later_attack_record_joins_the_worst_case_per_point_and_shows_its_own_number():
+    from types import SimpleNamespace
+
+    from robust_ensembles.paper_tables.reports import row_cells
+    column = {**aa_record(0.5, [1, 1, 0, 1]), "key": "column", "autoattack": "custom",
+              "spec": {"autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "norm": "l2"}}}
+    # the curve flips point 5; the column flips point 2; a later standard AutoAttack at 0.35 on the first 5 points
+    # flips points 0 and 2; a later one at 0.75 (larger than 0.5) flips point 1 and must not count at 0.5
+    r = record([None, None, None, None, None, 0.25], column)
+    r["attacks"] = [column, later(0.35, [0, 1, 0, 1, 1], key="l1"), later(0.75, [1, 0, 1, 1, 1], key="l2")]
+    union = {5} | {2} | {0, 2}
+    assert outcomes.worst_case(r, 0.5).tolist() == [i not in union for i in range(6)]
+    assert outcomes.worst_case(r, 1.0).tolist() == [i not in union | {1} for i in range(6)]
+    assert outcomes.worst_case(r, 0.25).tolist() == [True] * 5 + [False]  # no attack record at <= 0.25
+    assert len(outcomes.point_attacks(r)) == 3  # the column counted once though listed twice
+    t = SimpleNamespace(spec=SimpleNamespace(get=lambda k: None, target_eps=0.5), flag_gap=0.01)
+    cells = row_cells(t, r, [0, 0.5])
+    assert cells["eps=0.5"].startswith(f"{100 * 3 / 6:.2f}")
+    assert cells["other attacks (own accuracy)"] == ("AutoAttack standard at eps=0.35 on 5 points: 60.00; "
+                                                     "AutoAttack standard at eps=0.75 on 5 points: 80.00")
+
+
+def test_paired_worst_case_counts_a_later_attack_only_when_both_sides_ran_the_same_one():
+    a = record([None] * 4)
+    b = record([None] * 4)
+    a["attacks"] = [later(0.5, [0, 1, 1, 1])]
+    b["attacks"] = [later(0.5, [1, 1, 0, 1], version="custom", attacks=["square"])]  # another procedure
+    x, y = outcomes.paired_worst_case(a, b, 0.5)
+    assert x.all() and y.all()
+    b["attacks"].append(later(0.5, [1, 0, 1, 1], key="b-standard"))  # now both ran standard AutoAttack at 0.5
+    x, y = outcomes.paired_worst_case(a, b, 0.5)
+    assert x.tolist() == [False, True, True, True] and y.tolist() == [True, False, True, True]  # Square not on a
+    v = claims.ensemble_vs_single(a, b, 0.5, 0.01, 0.95, "ens", "single")
+    assert "run on both models: AutoAttack standard at eps=0.5 on the first 4 points" in v.detail
+    assert "square" not in v.detail

@@ -290,6 +290,7 @@ class TableRun:
             curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
                      "members": [{"seed": i, "key": None, "backbones": None} for i in range(k)],
                      "per_point": {"min_flip": [None] * n}}
+        curve = {**curve, "attacks": have.get("attacks") or []}
         if not want_aa:
             return curve
         if aa is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 
 from robust_ensembles import outcomes
-from robust_ensembles.claims import Verdict
+from robust_ensembles.claims import Verdict, settings_name
 from robust_ensembles.curves import curve_of, plot_curves, standard_error
 
 if TYPE_CHECKING:
@@ -77,6 +77,12 @@ def row_cells(t: TableRun, record: dict, columns_eps: list[float]) -> dict:
             cells[names[1]] = fmt_acc(a["attack"], se(a["attack"]))
             cells[names[2]] = fmt_acc(a["worst"], se(a["worst"]))
             cells[names[3]] = f"{100 * gap:+.2f}"
+    column = record.get("autoattack")
+    others = [a for a in outcomes.point_attacks(record) if a is not column and a.get("key") != (column or {}).get("key")]
+    if others:  # attacks run on this model later: in the worst case above, and each one's own number here
+        cells["other attacks (own accuracy)"] = "; ".join(
+            f"{settings_name(outcomes.procedure(a)[2])} at eps={a['eps']:g} on {a['n']} points: "
+            f"{100 * sum(a['autoattack_correct']) / a['n']:.2f}" for a in sorted(others, key=outcomes.procedure))
     return cells
 
 
