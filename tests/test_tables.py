@@ -8,15 +8,17 @@ import io
 import json
 import math
 import re
+import statistics
 import subprocess
 import textwrap
 
 import pytest
 
 from robust_ensembles import PROJECT_ROOT
+from robust_ensembles import store
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.paper_tables import driver
-from robust_ensembles.paper_tables.driver import TableRun
+from robust_ensembles.paper_tables.driver import TableRun, compose_config
 from robust_ensembles.paper_tables.reports import write_table
 from robust_ensembles.paper_tables.table2_equivalence import equivalent_eps
 
@@ -159,6 +161,17 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     est = capsys.readouterr().out
     assert re.search(r"all \(tiny\): 0 distinct training jobs and 0 composites missing; evaluation: 0 of \d+ curve "
                      r"records and [1-9]\d* AutoAttack records missing; no stored autoattack record", est), est
+    # training is costed per kind at the median stored fit time: natural, adversarial, and composites apart
+    t1 = TableRun("table1", "tiny", over, "stored")
+    cfg = compose_config("train", t1.base)
+    fit = lambda r: r.metrics()["fit_seconds"]
+    runs = store.query(cfg.store.root, {})
+    adversarial = [fit(r) for r in runs if "backbones" not in r.identity and r.identity["alpha"] > 0]
+    composite = [fit(r) for r in runs if "backbones" in r.identity]
+    assert len(composite) == 2
+    text, seconds = t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"])
+    assert seconds == pytest.approx(2 * statistics.median(adversarial) + statistics.median(composite))
+    assert "2 training jobs and 1 composites missing" in text and "composite " in text
 
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out

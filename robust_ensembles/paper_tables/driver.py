@@ -209,6 +209,13 @@ class TableRun:
         """Missing training jobs and evaluation records, and their cost from what stored jobs and records
         of the same setup measured on this store's machines (`fit_seconds`, record wall times)."""
         jobs, comps = self.missing()
+        train, t_s = self.estimate_training(jobs, comps)
+        evaluation, e_s = self.estimate_evaluation()
+        return f"{train}; {evaluation}{total_text(t_s, e_s)}"
+
+    def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str]) -> tuple[str, float | None]:
+        """(text, seconds) of these training jobs and composites at the median fit time of each kind stored
+        for this setup (natural, adversarial, composite); seconds None when a kind has no measurement."""
         cfg = compose_config("train", self.base)
         ident = training_identity(cfg)
         done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})
@@ -216,17 +223,23 @@ class TableRun:
         # natural training (alpha=0) runs no attack: its fit time is estimated apart from the adversarial jobs'
         fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
                        and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
-        todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0)}
+        # a composite trains a head through two frozen backbones: timed apart, from the composites stored
+        fits["composite"] = [r.metrics()["fit_seconds"] for r in store.query(cfg.store.root, {"data": ident["data"]})
+                             if r.complete and "backbones" in r.identity and r.metrics().get("fit_seconds")
+                             and r.metrics().get("resumed_from") is None]
+        todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0),
+                "composite": len(comps)}
         head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
+        if not any(todo.values()):
+            return head, 0.0
         unmeasured = [k for k, n in todo.items() if n and not fits[k]]
         if unmeasured:
-            train = f"{head}; no {' or '.join(unmeasured)} job of this setup has run yet, so no measured fit time to estimate from"
-        else:
-            hours = sum(n * statistics.median(fits[k]) for k, n in todo.items() if n) / 3600
-            train = (f"{head}; about {hours:.2f} h of training at the median measured fit time per job ("
-                     + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {len(v)} stored" for k, v in fits.items() if v)
-                     + "; composites not counted)")
-        return f"{train}; {self.estimate_evaluation()}"
+            return (f"{head}; no {' or '.join(unmeasured)} job of this setup has run yet, so no measured fit time "
+                    f"to estimate from"), None
+        seconds = sum(n * statistics.median(fits[k]) for k, n in todo.items() if n)
+        return (f"{head}; about {seconds / 3600:.2f} h of training at the median measured fit time per job ("
+                + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {len(v)} stored" for k, v in fits.items() if v)
+                + ")"), seconds
 
     def evaluation_plan(self) -> list[dict]:
         """The records this table's rows need and which are missing: the table module's own fill, run with
@@ -238,7 +251,7 @@ class TableRun:
         finally:
             self.plan = None
 
-    def estimate_evaluation(self, plan: list[dict] | None = None) -> str:
+    def estimate_evaluation(self, plan: list[dict] | None = None) -> tuple[str, float | None]:
         """The missing curve and AutoAttack records of the plan (each counted once, whichever rows and
         tables share it), costed at the wall time per member and point of stored records computed the
         same way (`seconds_per_member_point`, per record's own settings)."""
@@ -257,7 +270,7 @@ class TableRun:
             text += (" (a choice made on validation records not yet computed is taken as their stand-ins make it, "
                      "e.g. Table 1's smallest alpha candidate)")
         if not todo:
-            return text
+            return text, 0.0
         seconds, unmeasured = 0.0, set()
         for (kind, _), (units, cfg) in todo.items():
             rate = seconds_per_member_point(cfg, kind)
@@ -267,9 +280,9 @@ class TableRun:
                 seconds += units * rate
         if unmeasured:
             return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way on this kind "
-                    f"of device ({this_device()}) yet to estimate their cost from (evaluate one such row first)")
+                    f"of device ({this_device()}) yet to estimate their cost from (evaluate one such row first)"), None
         return (f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
-                f"computed on this kind of device ({this_device()})")
+                f"computed on this kind of device ({this_device()})"), seconds
 
     def _planned(self, cfg: DictConfig, overrides: list[str]) -> dict:
         """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
@@ -393,6 +406,13 @@ def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
     return evaluate(compose_config(ROW_CONFIG, rows[row]))
 
 
+def total_text(train_s: float | None, evaluate_s: float | None) -> str:
+    """'; in all about X h' when both parts of an estimate were measured, else nothing."""
+    if train_s is None or evaluate_s is None or train_s + evaluate_s == 0:
+        return ""
+    return f"; in all about {(train_s + evaluate_s) / 3600:.2f} h"
+
+
 def tables_in(sweeps_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml"))
 
@@ -412,9 +432,12 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
         if len(runs) > 1:  # tables share models and records: the union is what `all` trains and evaluates
             missing = [t.missing() for t in runs]
             plan = [p for t in runs for p in t.evaluation_plan()]
-            print(f"all ({scale}): {len(set().union(*(set(j) for j, _ in missing)))} distinct training jobs and "
-                  f"{len(set().union(*(set(c) for _, c in missing)))} composites missing; "
-                  f"{runs[0].estimate_evaluation(plan)}")
+            jobs = sorted(set().union(*(set(j) for j, _ in missing)))
+            comps = sorted(set().union(*(set(c) for _, c in missing)))
+            train, t_s = runs[0].estimate_training(jobs, comps)
+            evaluation, e_s = runs[0].estimate_evaluation(plan)
+            print(f"all ({scale}): {train.replace('training jobs', 'distinct training jobs', 1)}; {evaluation}"
+                  f"{total_text(t_s, e_s)}")
         return []
     start = time.perf_counter()
     if len(runs) > 1:
