@@ -191,3 +191,24 @@ def test_a_later_attack_on_the_same_model_and_points_is_picked_up_and_no_other_m
     assert robust.tolist() == by_hand.tolist()
     other = evaluate(eval_cfg(tmp_path, trained_store, "K=1"))  # another model: none of K=2's records
     assert other["attacks"] == []
+
+
+class WeightsMovedAtTeardown:
+    """A single-device strategy whose teardown moves the module's weights elsewhere ("meta"), as
+    Lightning's teardown moves a GPU-evaluated module back to the CPU."""
+
+    def __new__(cls, device: str = "cpu"):
+        from pytorch_lightning.strategies import SingleDeviceStrategy
+
+        class Strategy(SingleDeviceStrategy):
+            def teardown(self):
+                super().teardown()
+                self.lightning_module.model.members.to("meta")
+
+        return Strategy(device=device)
+
+
+def test_the_record_names_the_device_the_attack_ran_on_not_where_teardown_left_the_weights(trained_store, tmp_path):
+    target = f"{__name__}.WeightsMovedAtTeardown"
+    r = evaluate(eval_cfg(tmp_path, trained_store, "K=1", f"+trainer.strategy._target_={target}"))
+    assert r["device"] == "cpu"  # reading the module's parameters after teardown would say "meta"

@@ -147,7 +147,7 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
     for r in recs:
         seconds[r.get("device", "?")] = seconds.get(r.get("device", "?"), 0.0) + r.get("wall_s", 0.0)
     attack = instantiate(t.evaluate_cfg.evaluation.attack)  # its outcome on AutoAttack's points comes from the curves
-    return [f"AutoAttack column: {recs[0]['autoattack']} AutoAttack (L2) and {attack!r} on the same first "
+    return [f"AutoAttack column: {settings_name(outcomes.procedure(recs[0])[2])} (L2) and {attack!r} on the same first "
             f"{recs[0]['n']} test points at eps={recs[0]['eps']:g}; this table's {len(recs)} records computed on "
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
 
