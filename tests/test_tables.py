@@ -380,3 +380,23 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
     with pytest.raises(Exception, match="at least three alphas"):
         monkeypatch.setattr(t.s, "alpha_candidates", [0.25, 0.3])
         table1.fill(t)
+
+
+def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_so(tmp_path, capsys):
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store",
+            "+reference_costs={device: cpu, measured: 'a test', fit_seconds: {natural: 10, adversarial: 20, "
+            "composite: 30}, seconds_per_member_point: {curve: 0.5, autoattack: 1.0}}"]
+    driver.run("all", "tiny", over[:2], estimate=True)
+    assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out
+    driver.run("all", "tiny", over, estimate=True)
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("all (tiny)"))
+    # 1 natural, 9 adversarial (alpha=0.05 seed 0 and 4 alphas x 2 seeds), 2 composites: 10 + 180 + 60 s
+    assert "10 distinct training jobs and 2 composites missing; about 0.07 h of training" in line
+    assert "natural 0.2 min, reference of a test" in line and "composite 0.5 min, reference of a test" in line
+    assert "where none is stored yet: autoattack (reference of a test), curve (reference of a test)" in line
+    train_h = float(re.search(r"about ([\d.]+) h of training", line).group(1))
+    eval_h = float(re.search(r"about ([\d.]+) h at the wall time", line).group(1))
+    assert eval_h > 0 and float(re.search(r"in all about ([\d.]+) h", line).group(1)) == pytest.approx(
+        train_h + eval_h, abs=0.011)
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written

@@ -232,13 +232,18 @@ class TableRun:
         head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
         if not any(todo.values()):
             return head, 0.0
+        source = {k: f"{len(v)} stored" for k, v in fits.items() if v}
+        reference = reference_costs(cfg)
+        for k, n in todo.items():  # a kind this store has not timed yet: the preset's reference figure, said so
+            if n and not fits[k] and reference and reference.fit_seconds.get(k):
+                fits[k], source[k] = [float(reference.fit_seconds[k])], f"reference of {reference.measured}"
         unmeasured = [k for k, n in todo.items() if n and not fits[k]]
         if unmeasured:
             return (f"{head}; no {' or '.join(unmeasured)} job of this setup has run yet, so no measured fit time "
                     f"to estimate from"), None
         seconds = sum(n * statistics.median(fits[k]) for k, n in todo.items() if n)
         return (f"{head}; about {seconds / 3600:.2f} h of training at the median measured fit time per job ("
-                + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {len(v)} stored" for k, v in fits.items() if v)
+                + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {source[k]}" for k, v in fits.items() if v)
                 + ")"), seconds
 
     def evaluation_plan(self) -> list[dict]:
@@ -271,9 +276,13 @@ class TableRun:
                      "e.g. Table 1's smallest alpha candidate)")
         if not todo:
             return text, 0.0
-        seconds, unmeasured = 0.0, set()
+        seconds, unmeasured, referenced = 0.0, set(), set()
         for (kind, _), (units, cfg) in todo.items():
             rate = seconds_per_member_point(cfg, kind)
+            reference = reference_costs(cfg)
+            if rate is None and reference and reference.seconds_per_member_point.get(kind):
+                rate = float(reference.seconds_per_member_point[kind])
+                referenced.add(f"{kind} (reference of {reference.measured})")
             if rate is None:
                 unmeasured.add(kind)
             else:
@@ -282,7 +291,8 @@ class TableRun:
             return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way on this kind "
                     f"of device ({this_device()}) yet to estimate their cost from (evaluate one such row first)"), None
         return (f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
-                f"computed on this kind of device ({this_device()})"), seconds
+                f"computed on this kind of device ({this_device()})"
+                + (f"; where none is stored yet: {', '.join(sorted(referenced))}" if referenced else "")), seconds
 
     def _planned(self, cfg: DictConfig, overrides: list[str]) -> dict:
         """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
@@ -404,6 +414,14 @@ def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows):
         raise ConfigError(f"row={row!r} must be an index into the {len(rows)} rows of {path}.")
     return evaluate(compose_config(ROW_CONFIG, rows[row]))
+
+
+def reference_costs(cfg: DictConfig) -> DictConfig | None:
+    """The experiment preset's reference costs (`reference_costs`: fit seconds per kind of job, seconds per
+    member and point per kind of record, and where they were measured), when they were measured on this
+    kind of device; ESTIMATE uses them only for a kind the store has not timed yet."""
+    reference = cfg.get("reference_costs")
+    return reference if reference is not None and reference.get("device") == this_device() else None
 
 
 def total_text(train_s: float | None, evaluate_s: float | None) -> str:
