@@ -108,16 +108,17 @@ def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: fl
     last = paired_difference(*outcomes.paired_worst_case(records[best], records[before], eps), level)
     g_v = HOLDS if growth.low > 0 else FAILS if growth.high < margin else INCONCLUSIVE
     s_v = within(last, margin)
-    both = (outcomes.common_procedures(records[best], records[1], eps)
-            & outcomes.common_procedures(records[best], records[before], eps))
+    growth_attacks = outcomes.common_procedures(records[best], records[1], eps)
+    last_attacks = outcomes.common_procedures(records[best], records[before], eps)
     detail = (f"Growth, K={best} - K=1 at eps={eps:g}: {growth.text()}, must be above 0; no growth if wholly "
               f"below the margin ({g_v}). Saturation, "
               f"K={best} - K={before}: {last.text()}, must lie within +-{100 * margin:g} points ({s_v}). "
-              f"{100 * level:g}% intervals, {growth.method}; {attacks_text(both)}.")
+              f"{100 * level:g}% intervals, {growth.method}; growth: {attacks_text(growth_attacks)}; saturation: "
+              f"{attacks_text(last_attacks)}.")
     return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K and saturates (K in {ks})",
                    combine(g_v, s_v), detail,
                    {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks,
-                    "autoattack_included": bool(both)})
+                    "autoattack_included": bool(growth_attacks and last_attacks)})
 
 
 def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_acc: Sequence[float]) -> tuple[float, str]:

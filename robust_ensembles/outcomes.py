@@ -66,12 +66,6 @@ def applicable(record: dict, eps: float) -> list[dict]:
     return [aa for aa in point_attacks(record) if aa["eps"] <= eps + 1e-12]
 
 
-def applicable_autoattack(record: dict, eps: float) -> dict | None:
-    """The record's AutoAttack-column record when its radius is <= eps (it then bounds the accuracy at eps)."""
-    aa = record.get("autoattack")
-    return aa if aa and aa["eps"] <= eps + 1e-12 else None
-
-
 def worst_case(record: dict, eps: float, autoattack: bool = True, procedures: set | None = None) -> torch.Tensor:
     """Per point of the record's split: robust at eps under every attack run on it (the curve, and with
     `autoattack` every per-point attack record whose radius is <= eps; with `procedures` only those
@@ -91,12 +85,6 @@ def worst_case(record: dict, eps: float, autoattack: bool = True, procedures: se
 def common_procedures(first: dict, second: dict, eps: float) -> set:
     """The attack procedures (radius, points, settings) both models have a per-point record of, at <= eps."""
     return {procedure(a) for a in applicable(first, eps)} & {procedure(b) for b in applicable(second, eps)}
-
-
-def paired_autoattack(first: dict, second: dict, eps: float) -> bool:
-    """Whether both models have an AutoAttack-column record that applies at eps, on the same points and radius."""
-    a, b = applicable_autoattack(first, eps), applicable_autoattack(second, eps)
-    return bool(a and b and a["n"] == b["n"] and math.isclose(a["eps"], b["eps"]))
 
 
 def paired_worst_case(first: dict, second: dict, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

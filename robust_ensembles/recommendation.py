@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import outcomes, store
+from robust_ensembles.claims import attacks_text
 from robust_ensembles.cli import override_key
 from robust_ensembles.alpha_search import VAL, AlphaSearch, Backend, Result, Settings, accuracies
 from robust_ensembles.errors import ConfigError
@@ -118,7 +119,8 @@ def test_comparison(b: Backend, result: Result, s: Settings) -> dict:
             "single": {"natural": s_nat, "robust": s_rob, "n": robust.n},
             "robust_diff": robust.to_dict(), "clean_diff": clean.to_dict(),
             "robust_text": robust.text(), "clean_text": clean.text(),
-            "autoattack_included": outcomes.paired_autoattack(ens, single, t)}
+            "autoattack_included": bool(outcomes.common_procedures(ens, single, t)),
+            "attacks_text": attacks_text(outcomes.common_procedures(ens, single, t))}
 
 
 def summarise(cfg: DictConfig, results: list[Result], test: dict | None, trained: int, wall_s: float,
@@ -189,8 +191,7 @@ def markdown(summary: dict) -> str:
                   f"| single alpha={t:g} | {pct(s['natural'])} | {pct(s['robust'])} |", "",
                   f"Ensemble - single on the same {e['n']} test points, 95 % paired intervals "
                   f"({test['robust_diff']['method']}): robust at eps={t:g} {test['robust_text']}; clean {test['clean_text']}. "
-                  f"Attacks: the evaluation attack on the scale's radius grid, as in Table 1"
-                  f"{' and AutoAttack on its points' if test['autoattack_included'] else ''}, worst case per point.", ""]
+                  f"Attacks (the evaluation attack on the scale's radius grid, as in Table 1): {test.get('attacks_text', 'as recorded')}.", ""]
     lines += ["The search: `robust_ensembles/alpha_search.py` (bracket, safeguarded regula falsi on the slack of the "
               "paired non-inferiority test; docs/recommend.md).", ""]
     return "\n".join(lines)

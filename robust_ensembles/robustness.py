@@ -6,8 +6,11 @@ as one model: its accuracy-vs-eps curve and its AutoAttack column, each a store 
 * `curve_record`: record kind `curve`: every radius of `evaluation.eps_grid`; per point the smallest
   radius that flipped it (`per_point.min_flip`, null = never) and, with per_eps, its outcome at each
   radius (`per_point.correct_at`, one "0/1" string per point).
-* `autoattack_record`: record kind `autoattack`: standard AutoAttack on the first n points at one eps,
-  with each point's outcome (`outcomes` combines it with the curve's outcomes on the same points).
+* `autoattack_record`: record kind `autoattack`: AutoAttack (`checks.autoattack`: standard, or a subset
+  of its attacks) on the first n points at one eps, with each point's outcome (`outcomes` combines it
+  with the curve's outcomes on the same points).
+* `point_attack_records`: every `autoattack` record of the same model and points, whatever its radius
+  and settings: the column's and any attack run later, all folded into the per-point worst case.
 
 Each kind has a semantics version below: bump it when a change alters what a stored record means,
 and every older record is reported stale and recomputed.
@@ -199,12 +202,13 @@ def first_points(datamodule, split: str, n: int, device) -> tuple[torch.Tensor, 
     return x.to(device).float() / 255, y.to(device)
 
 
-def autoattack_spec(cfg: DictConfig, model: Ensemble, runs: list[store.Run], autoattack) -> dict:
+def autoattack_spec(cfg: DictConfig, model: Ensemble | None, runs: list[store.Run], autoattack) -> dict:
     """What an AutoAttack record depends on: the model, the points, the radius and AutoAttack's settings
     (not the evaluation attack: its outcome on these points comes from the curve, so changing it keeps
     every AutoAttack record)."""
     aa_cfg = cfg.evaluation.autoattack
-    return {"members": [r.key for r in runs], "weights": model.weights.tolist(), "combine": cfg.ensemble.combine,
+    return {"members": [r.key for r in runs], "weights": model.weights.tolist() if model is not None else None,
+            "combine": cfg.ensemble.combine,
             "eps": float(aa_cfg.eps), "n": int(aa_cfg.n), "test": test_points(cfg),
             "autoattack": {"norm": autoattack.norm, "version": autoattack.version, "attacks": autoattack.attacks,
                            "seed": autoattack.seed, "square_queries": autoattack.square_queries,

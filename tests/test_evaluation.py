@@ -191,6 +191,13 @@ def test_a_later_attack_on_the_same_model_and_points_is_picked_up_and_no_other_m
     assert robust.tolist() == by_hand.tolist()
     other = evaluate(eval_cfg(tmp_path, trained_store, "K=1"))  # another model: none of K=2's records
     assert other["attacks"] == []
+    # the same members with other weights, or the same model on other points, are other evaluations
+    weighted = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "ensemble.weights=[0.3,0.7]", *column))
+    assert [a["key"] for a in weighted["attacks"]] == [weighted["autoattack"]["key"]]
+    on_val = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.split=val", *column))
+    assert [a["key"] for a in on_val["attacks"]] == [on_val["autoattack"]["key"]]
+    assert sorted(a["key"] for a in evaluate(eval_cfg(tmp_path, trained_store, "K=2"))["attacks"]) == sorted(
+        a["key"] for a in again["attacks"])  # and none of theirs joins the first model's
 
 
 class WeightsMovedAtTeardown:

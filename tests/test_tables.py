@@ -231,6 +231,14 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
         assert se == pytest.approx((acc * (1 - acc) / 64) ** 0.5)
     assert len(filled.autoattack) == 3 and list(filled.curves) == ["2x alpha=0.25", "2x alpha=0.5"]
 
+    # autoattack_column=off: no AutoAttack column, and the stored AutoAttack records stay out of every cell
+    off = TableRun("table2_size", "tiny", over, "off").fill()
+    on = TableRun("table2_size", "tiny", over, "stored").fill()
+    assert not any("AA eps=0.5" in r or "other attacks (own accuracy)" in r for r in off.rows)
+    for r_off, r_on, curve in zip(off.rows, on.rows, off.curves.values()):
+        assert r_off["eps=0.5"].startswith(f"{100 * curve.at(0.5):.2f}")  # the curve alone
+        assert r_on["worst case eps=0.5 (AA points)"]
+
 
 def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_its_test_rows(tmp_path):
     """A Table-1-like choice (candidates read on validation in order, the first that matches is kept; a
@@ -383,8 +391,9 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
 
 
 def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_so(tmp_path, capsys):
+    from robust_ensembles.robustness import this_device
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store",
-            "+reference_costs={device: cpu, measured: 'a test', fit_seconds: {natural: 10, adversarial: 20, "
+            f"+reference_costs={{device: '{this_device()}', measured: 'a test', fit_seconds: {{natural: 10, adversarial: 20, "
             "composite: 30}, seconds_per_member_point: {curve: 0.5, autoattack: 1.0}}"]
     driver.run("all", "tiny", over[:2], estimate=True)
     assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out

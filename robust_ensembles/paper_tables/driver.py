@@ -25,6 +25,7 @@ from types import ModuleType
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
@@ -32,7 +33,8 @@ from robust_ensembles.errors import ConfigError, UserError
 from robust_ensembles.identity import composite_run, training_identity, training_run, with_radius
 from robust_ensembles.paper_tables.reports import write_reports
 from robust_ensembles.curves import Curve, check_grid
-from robust_ensembles.robustness import AUTOATTACK, CURVE, evaluate, seconds_per_member_point, stored, this_device
+from robust_ensembles.robustness import (AUTOATTACK, CURVE, autoattack_spec, evaluate, seconds_per_member_point,
+                                         stored, this_device)
 
 log = logging.getLogger(__name__)
 ROW_CONFIG = "tables"  # conf/tables.yaml: the evaluate config with the tables' shared evaluation settings
@@ -224,9 +226,11 @@ class TableRun:
         fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
                        and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
         # a composite trains a head through two frozen backbones: timed apart, from the composites stored
+        # (same data, backbones of this model)
         fits["composite"] = [r.metrics()["fit_seconds"] for r in store.query(cfg.store.root, {"data": ident["data"]})
                              if r.complete and "backbones" in r.identity and r.metrics().get("fit_seconds")
-                             and r.metrics().get("resumed_from") is None]
+                             and r.metrics().get("resumed_from") is None
+                             and r.sibling(r.identity["backbones"]["robust"]).identity.get("model") == ident["model"]]
         todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0),
                 "composite": len(comps)}
         head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
@@ -316,9 +320,11 @@ class TableRun:
         curve = {**curve, "attacks": have.get("attacks") or []}
         if not want_aa:
             return curve
-        if aa is None:
+        if aa is None:  # a stand-in with the settings a stored record would have (`outcomes.procedure` pairs them)
+            settings = autoattack_spec(cfg, None, [], instantiate(cfg.checks.autoattack))["autoattack"]
             aa = {"eps": float(cfg.evaluation.autoattack.eps), "n": aa_n, "K": k, "autoattack_correct": [1] * aa_n,
-                  "autoattack": cfg.checks.autoattack.version, "autoattack_acc": 1.0, "device": "planned", "wall_s": 0.0}
+                  "autoattack": cfg.checks.autoattack.version, "autoattack_acc": 1.0, "device": "planned", "wall_s": 0.0,
+                  "spec": {"autoattack": settings}}
         return {**curve, "autoattack": aa}
 
     def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
@@ -328,9 +334,10 @@ class TableRun:
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
         full = [*self.row_base, *aa, *overrides]
         cfg = compose_config(ROW_CONFIG, full)
-        if self.plan is not None:
-            return self._planned(cfg, full)
-        return evaluate(cfg)
+        record = self._planned(cfg, full) if self.plan is not None else evaluate(cfg)
+        if not autoattack or self.autoattack == "off":  # no AutoAttack column: no stored attack records either
+            record = {**record, "attacks": []}
+        return record
 
     def fill(self):
         return self.module.fill(self)

@@ -124,7 +124,8 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
                f"accuracies in %, ± one binomial standard error (for one cell; comparisons of two rows use the paired "
                f"intervals of the claims below); a point counts as robust at eps only if no attack run on it at a radius "
                f"<= eps flipped it: the evaluation attack ({instantiate(t.evaluate_cfg.evaluation.attack)!r}) at every "
-               f"grid radius up to eps, and AutoAttack on its points at eps >= its radius; 'attack - AA' is the "
+               f"grid radius up to eps, and AutoAttack (and any attack run on the model later, 'other attacks') on its "
+               f"points at eps >= its radius; 'attack - AA' is the "
                f"evaluation attack's accuracy minus AutoAttack's on the same points, ⚠ where it exceeds "
                f"{100 * t.flag_gap:g} point(s)",
                *[f"claim {v.line()}" for v in filled.claims],
