@@ -161,6 +161,11 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     est = capsys.readouterr().out
     assert re.search(r"all \(tiny\): 0 distinct training jobs and 0 composites missing; evaluation: 0 of \d+ curve "
                      r"records and [1-9]\d* AutoAttack records missing; no stored autoattack record", est), est
+    # AUTOATTACK=stored computes no AutoAttack record: the estimate says they stay pending and costs none
+    driver.run("all", "tiny", over, autoattack="stored", estimate=True)
+    stored_est = capsys.readouterr().out
+    assert re.search(r"all \(tiny\): .*AutoAttack records missing \((\d+) left pending: AUTOATTACK=stored computes "
+                     r"none\)\n", stored_est), stored_est
     # training is costed per kind at the median stored fit time: natural, adversarial, and composites apart
     t1 = TableRun("table1", "tiny", over, "stored")
     cfg = compose_config("train", t1.base)

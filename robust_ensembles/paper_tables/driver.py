@@ -269,12 +269,14 @@ class TableRun:
         for p in plan:
             if p["curve_missing"]:
                 todo[(CURVE, p["curve_key"])] = (p["K"] * p["n"], p["cfg"])
-            if p["autoattack_missing"]:
+            if p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute:  # AUTOATTACK=stored computes none
                 todo[(AUTOATTACK, p["autoattack_key"])] = (p["K"] * p["aa_n"], p["cfg"])
         n_curves = len({p["curve_key"] for p in plan})
-        missing = {kind: sum(1 for k, _ in todo if k == kind) for kind in (CURVE, AUTOATTACK)}
+        missing = {CURVE: len({p["curve_key"] for p in plan if p["curve_missing"]}),
+                   AUTOATTACK: len({p["autoattack_key"] for p in plan if p["autoattack_missing"]})}
+        left = missing[AUTOATTACK] - sum(1 for k, _ in todo if k == AUTOATTACK)
         text = (f"evaluation: {missing[CURVE]} of {n_curves} curve records and {missing[AUTOATTACK]} AutoAttack "
-                f"records missing")
+                f"records missing" + (f" ({left} left pending: AUTOATTACK=stored computes none)" if left else ""))
         if any(p["curve_missing"] and p["cfg"].evaluation.split == "val" for p in plan):
             text += (" (a choice made on validation records not yet computed is taken as their stand-ins make it, "
                      "e.g. Table 1's smallest alpha candidate)")
