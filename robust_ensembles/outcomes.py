@@ -66,13 +66,11 @@ def applicable(record: dict, eps: float) -> list[dict]:
     return [aa for aa in point_attacks(record) if aa["eps"] <= eps + 1e-12]
 
 
-def worst_case(record: dict, eps: float, autoattack: bool = True, procedures: set | None = None) -> torch.Tensor:
-    """Per point of the record's split: robust at eps under every attack run on it (the curve, and with
-    `autoattack` every per-point attack record whose radius is <= eps; with `procedures` only those
-    whose `procedure` is in it)."""
+def worst_case(record: dict, eps: float, procedures: set | None = None) -> torch.Tensor:
+    """Per point of the record's split: robust at eps under every attack run on it (the curve, and every
+    per-point attack record whose radius is <= eps; with `procedures` only those whose `procedure` is in
+    it: an empty set leaves the curve alone)."""
     robust = under_curve(record, eps)
-    if not autoattack:
-        return robust
     for aa in applicable(record, eps):
         if procedures is not None and procedure(aa) not in procedures:
             continue

@@ -78,7 +78,7 @@ def row_cells(t: TableRun, record: dict, columns_eps: list[float]) -> dict:
             cells[names[2]] = fmt_acc(a["worst"], se(a["worst"]))
             cells[names[3]] = f"{100 * gap:+.2f}"
     column = record.get("autoattack")
-    others = [a for a in outcomes.point_attacks(record) if a is not column and a.get("key") != (column or {}).get("key")]
+    others = [a for a in outcomes.point_attacks(record) if a is not column]  # point_attacks lists the column once
     if others:  # attacks run on this model later: in the worst case above, and each one's own number here
         cells["other attacks (own accuracy)"] = "; ".join(
             f"{settings_name(outcomes.procedure(a)[2])} at eps={a['eps']:g} on {a['n']} points: "
