@@ -99,13 +99,15 @@ def this_device() -> str:
 
 def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = None) -> float | None:
     """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
-    would be (same experiment; a curve with the same attack, grid, per_eps and precision and without
-    check=true; AutoAttack of the same version) on the same kind of device (`device`, default this
-    machine's: a GPU's records do not cost a CPU's evaluation), or None when there is none."""
+    would be (same experiment; a curve with the same attack, grid, per_eps, precision and memory format
+    and without check=true; AutoAttack of the same version) on the same kind of device (`device`, default
+    this machine's: a GPU's records do not cost a CPU's evaluation), or None when there is none."""
     device = this_device() if device is None else device
     ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
     same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
-                                                              ("attack", "eps_grid", "per_eps", "precision")))
+                                                              ("attack", "eps_grid", "per_eps", "precision"))
+                               # memory format changes the time, not the numbers (records before the option: NCHW)
+                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])

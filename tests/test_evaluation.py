@@ -172,6 +172,11 @@ def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_p
     assert seconds_per_member_point(cfg, CURVE, device="cpu") == pytest.approx(1.0)       # 20 s / (2 x 10)
     assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H200") == pytest.approx(0.05)
     assert seconds_per_member_point(cfg, CURVE, device="NVIDIA H100 80GB HBM3") is None  # no record of that kind
+    # a curve computed in the other memory format ran at another speed: it does not cost this one
+    other = {**spec, "evaluation": {**spec["evaluation"], "channels_last": not cfg.evaluation.channels_last}}
+    store.put_record(cfg.store.root, CURVE, {**other, "device_for_test": "other format"}, VERSIONS[CURVE],
+                     {"K": 1, "n": 10, "wall_s": 1000.0, "device": "cpu", "experiment": cfg.name})
+    assert seconds_per_member_point(cfg, CURVE, device="cpu") == pytest.approx(1.0)
 
 
 def test_a_later_attack_on_the_same_model_and_points_is_picked_up_and_no_other_models(trained_store, tmp_path):

@@ -256,7 +256,7 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
     def entry(key, split):
         cfg = NS(evaluation=NS(split=split, autoattack=NS(compute=True)))
         return {"curve_key": key, "autoattack_key": None, "curve_missing": key not in stored,
-                "autoattack_missing": False, "cfg": cfg, "overrides": [f"row={key}"]}
+                "autoattack_missing": False, "autoattack_todo": False, "cfg": cfg, "overrides": [f"row={key}"]}
 
     def plan():
         rows = [entry("single", "val")]

@@ -215,25 +215,27 @@ class TableRun:
         evaluation, e_s = self.estimate_evaluation()
         return f"{train}; {evaluation}{total_text(t_s, e_s)}"
 
-    def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str]) -> tuple[str, float | None]:
+    def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str],
+                          what: str = "training jobs") -> tuple[str, float | None]:
         """(text, seconds) of these training jobs and composites at the median fit time of each kind stored
-        for this setup (natural, adversarial, composite); seconds None when a kind has no measurement."""
+        for this setup (natural, adversarial, composite); seconds None when a kind has no measurement.
+        `what` names the jobs in the text (the union of several tables: "distinct training jobs")."""
         cfg = compose_config("train", self.base)
         ident = training_identity(cfg)
         done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})
-                if r.complete and r.metrics().get("resumed_from") is None]  # a resumed fit timed only its rest
+                if r.metrics().get("resumed_from") is None]  # query lists complete runs; a resumed fit timed only its rest
         # natural training (alpha=0) runs no attack: its fit time is estimated apart from the adversarial jobs'
         fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
                        and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
         # a composite trains a head through two frozen backbones: timed apart, from the composites stored
         # (same data, backbones of this model)
         fits["composite"] = [r.metrics()["fit_seconds"] for r in store.query(cfg.store.root, {"data": ident["data"]})
-                             if r.complete and "backbones" in r.identity and r.metrics().get("fit_seconds")
+                             if "backbones" in r.identity and r.metrics().get("fit_seconds")
                              and r.metrics().get("resumed_from") is None
                              and r.sibling(r.identity["backbones"]["robust"]).identity.get("model") == ident["model"]]
         todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0),
                 "composite": len(comps)}
-        head = f"{len(jobs)} training jobs and {len(comps)} composites missing"
+        head = f"{len(jobs)} {what} and {len(comps)} composites missing"
         if not any(todo.values()):
             return head, 0.0
         source = {k: f"{len(v)} stored" for k, v in fits.items() if v}
@@ -269,7 +271,7 @@ class TableRun:
         for p in plan:
             if p["curve_missing"]:
                 todo[(CURVE, p["curve_key"])] = (p["K"] * p["n"], p["cfg"])
-            if p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute:  # AUTOATTACK=stored computes none
+            if p["autoattack_todo"]:
                 todo[(AUTOATTACK, p["autoattack_key"])] = (p["K"] * p["aa_n"], p["cfg"])
         n_curves = len({p["curve_key"] for p in plan})
         missing = {CURVE: len({p["curve_key"] for p in plan if p["curve_missing"]}),
@@ -313,6 +315,8 @@ class TableRun:
         aa_n = int(cfg.evaluation.autoattack.n)
         self.plan.append({"K": k, "n": n, "aa_n": aa_n, "curve_key": have["curve_key"], "curve_missing": curve is None,
                           "autoattack_key": have["autoattack_key"], "autoattack_missing": want_aa and aa is None,
+                          # missing and to be computed here (AUTOATTACK=stored computes none)
+                          "autoattack_todo": want_aa and aa is None and bool(cfg.evaluation.autoattack.compute),
                           "cfg": cfg, "overrides": overrides})
         if curve is None:
             grid = check_grid(cfg.evaluation.eps_grid)
@@ -372,7 +376,7 @@ def missing_rows(runs: list[TableRun], split: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     for t in runs:
         for p in t.evaluation_plan():
-            aa = p["autoattack_missing"] and p["cfg"].evaluation.autoattack.compute
+            aa = p["autoattack_todo"]
             if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa):
                 continue
             if p["curve_key"] not in rows or aa:
@@ -461,9 +465,9 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
             plan = [p for t in runs for p in t.evaluation_plan()]
             jobs = sorted(set().union(*(set(j) for j, _ in missing)))
             comps = sorted(set().union(*(set(c) for _, c in missing)))
-            train, t_s = runs[0].estimate_training(jobs, comps)
+            train, t_s = runs[0].estimate_training(jobs, comps, what="distinct training jobs")
             evaluation, e_s = runs[0].estimate_evaluation(plan)
-            print(f"all ({scale}): {train.replace('training jobs', 'distinct training jobs', 1)}; {evaluation}"
+            print(f"all ({scale}): {train}; {evaluation}"
                   f"{total_text(t_s, e_s)}")
         return []
     start = time.perf_counter()
