@@ -30,6 +30,8 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
     if run.complete:
         log.info("[store] skip %s: complete at %s", tag, run.path)
         return run.metrics()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # data missing or corrupt: one error before any store entry is created
     with run.lock():
         with open_dict(cfg):
             cfg.paths.run_dir = str(run.path)
@@ -39,7 +41,6 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
         throughput = Throughput()
         checkpoint = instantiate(cfg.checkpoint)
         trainer, logger = jobs.setup(cfg, [checkpoint, throughput], **trainer_overrides)
-        datamodule = instantiate(cfg.data)
         module = build_module()
         with jobs.tracked():
             start = time.perf_counter()

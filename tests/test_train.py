@@ -66,6 +66,15 @@ def test_negative_alpha_is_refused_before_training(tiny_cfg, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_missing_data_fails_before_a_store_entry_is_created(tiny_cfg, tmp_path):
+    from robust_ensembles.errors import DatasetNotFoundError
+
+    cfg = tiny_cfg("alpha=0.1", "seed=0", "data.source=folder", f"data.root={tmp_path}/nowhere")
+    with pytest.raises(DatasetNotFoundError, match="nowhere"):
+        train(cfg)
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
 def test_wandb_runs_offline_without_an_account(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
