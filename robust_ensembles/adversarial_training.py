@@ -40,7 +40,8 @@ class AdversarialTraining(pl.LightningModule):
         channels_last: run the model in channels_last memory format.
         compile: false, true or a torch.compile mode (`robust_ensembles.compilation`).
         scheduler_interval: "epoch" or "step" (when the scheduler steps); a step-wise scheduler whose
-            `total_steps` is null (OneCycleLR) gets the trainer's number of optimizer steps.
+            `total_steps` is null (OneCycleLR) gets the trainer's number of optimizer steps, one whose
+            `steps_per_epoch` is null (`schedules.warmup_cosine_floor`) the steps of one epoch.
     """
 
     def __init__(
@@ -144,6 +145,11 @@ class AdversarialTraining(pl.LightningModule):
                                   f"module.scheduler_interval={self.scheduler_interval!r} would step it once per epoch; "
                                   "set module.scheduler_interval=step (+module.scheduler_interval=step on the command line).")
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if getattr(self.scheduler_factory, "keywords", {}).get("steps_per_epoch", 0) is None:
+            if self.scheduler_interval != "step":
+                raise ConfigError("the scheduler's steps_per_epoch is filled in per optimizer step, but "
+                                  f"module.scheduler_interval={self.scheduler_interval!r}; set module.scheduler_interval=step.")
+            extra["steps_per_epoch"] = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
         scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
 
 
 class Throughput(pl.Callback):
@@ -28,3 +29,29 @@ class Throughput(pl.Callback):
     @property
     def images_per_s(self) -> float | None:
         return self.images / self.seconds if self.seconds else None
+
+
+class EarlyStoppingAfter(EarlyStopping):
+    """Lightning's EarlyStopping, watching only once `after_epochs` epochs are done (e.g. the anneal of
+    `schedules.warmup_cosine_floor`).
+
+    A warm-up at a high learning rate can dip the monitored metric before the anneal; Lightning's own
+    callback would latch `should_stop` there (and `min_epochs` only defers the stop). Here the epoch that
+    completes `after_epochs` sets the best score, and training stops once `patience` later epochs fail
+    to beat it: trained until the metric stops rising, up to the trainer's max_epochs.
+    """
+
+    def __init__(self, after_epochs: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.after_epochs = after_epochs
+
+    def _watching(self, trainer: pl.Trainer) -> bool:
+        return trainer.current_epoch + 1 >= self.after_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._watching(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._watching(trainer):
+            super().on_validation_end(trainer, pl_module)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +26,7 @@ def _model_state(state_dict: dict) -> dict:
 
 
 def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Callable[[], pl.LightningModule],
-                   **trainer_overrides) -> dict:
+                   callbacks: Sequence[pl.Callback] = (), **trainer_overrides) -> dict:
     if run.complete:
         log.info("[store] skip %s: complete at %s", tag, run.path)
         return run.metrics()
@@ -40,7 +40,7 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
         run.begin(cfg)
         throughput = Throughput()
         checkpoint = instantiate(cfg.checkpoint)
-        trainer, logger = jobs.setup(cfg, [checkpoint, throughput], **trainer_overrides)
+        trainer, logger = jobs.setup(cfg, [checkpoint, throughput, *callbacks], **trainer_overrides)
         module = build_module()
         with jobs.tracked():
             start = time.perf_counter()
@@ -52,6 +52,8 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
             test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.run_test else {}
             metrics = {
                 "best_epoch": best["epoch"], "last_epoch": trainer.current_epoch - 1,
+                **({"early_stopped": trainer.early_stopping_callback.stopped_epoch > 0}
+                   if trainer.early_stopping_callback else {}),
                 "monitor": checkpoint.monitor, "best_score": float(checkpoint.best_model_score),
                 **{k: float(v) for k, v in test.items()},
                 "n_test": len(datamodule.splits["test"]), "n_train": len(datamodule.splits["train"]),

@@ -22,6 +22,7 @@ def train(cfg: DictConfig) -> dict:
     return fit_into_store(
         cfg, training_run(cfg), f"alpha={cfg.alpha} seed={cfg.seed}",
         lambda: instantiate(cfg.module, model=instantiate(cfg.model), attack=attack, eval_attack=eval_attack),
+        callbacks=[instantiate(cfg.early_stopping)] if cfg.get("early_stopping") else [],
     )
 
 

@@ -48,7 +48,7 @@ def test_experiments_build_their_objects(experiment, tmp_path):
     model = instantiate(cfg.model)
     assert isinstance(model, Classifier)
     dm = instantiate(cfg.data)  # constructing validates sizes; no data is read until setup()
-    assert dm.batch_size == cfg.data.batch_size == {"tiny": 16, "paper_fast": 512}.get(experiment, 128)
+    assert dm.batch_size == cfg.data.batch_size == {"tiny": 16, "cpu": 64, "paper_fast": 512}.get(experiment, 128)
 
 
 def test_paper_recipe(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_ensembles import PROJECT_ROOT, store
+from robust_ensembles import PROJECT_ROOT, identity, store
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.members import load_model
 from robust_ensembles.train import train
@@ -136,3 +136,19 @@ def test_a_killed_run_resumes_into_the_same_entry(tmp_path):
     assert completed(tmp_path / "store") == [entry]
     metrics = json.loads((entry / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("last.ckpt") and metrics["last_epoch"] == 19
+
+
+def test_training_until_validation_stops_rising_is_part_of_the_identity_and_recorded(tiny_cfg, tmp_path):
+    plain = tiny_cfg("alpha=0.1", "seed=0")
+    until = tiny_cfg("alpha=0.1", "seed=0", "scheduler@module.scheduler=warmup_cosine_floor",
+                     "+module.scheduler_interval=step", "early_stopping=val_adv_acc", "early_stopping.after_epochs=1",
+                     "module.scheduler.anneal_epochs=1", "trainer.max_epochs=4")
+    assert store.key_of(identity.training_identity(plain)) != store.key_of(identity.training_identity(until))
+    assert "early_stopping" not in identity.training_identity(plain)  # keys of models trained without it unchanged
+    metrics = train(until)
+    # whatever the tiny model's validation does, the record says whether training stopped on its own, and the
+    # kept epoch is the best one: an early stop comes one epoch (patience) after the best
+    assert metrics["last_epoch"] <= 3 and metrics["best_epoch"] <= metrics["last_epoch"]
+    assert metrics["early_stopped"] == (metrics["last_epoch"] < 3)
+    if metrics["early_stopped"]:
+        assert metrics["last_epoch"] == metrics["best_epoch"] + 1
