@@ -7,6 +7,8 @@ training image (alpha = 0: natural training). Metrics are named for what they ar
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
@@ -149,7 +151,9 @@ class AdversarialTraining(pl.LightningModule):
             if self.scheduler_interval != "step":
                 raise ConfigError("the scheduler's steps_per_epoch is filled in per optimizer step, but "
                                   f"module.scheduler_interval={self.scheduler_interval!r}; set module.scheduler_interval=step.")
-            extra["steps_per_epoch"] = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
+            self.trainer.estimated_stepping_batches  # sets up the training data, hence num_training_batches
+            extra["steps_per_epoch"] = max(1, math.ceil(self.trainer.num_training_batches
+                                                        / self.trainer.accumulate_grad_batches))
         scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 

@@ -45,6 +45,12 @@ class EarlyStoppingAfter(EarlyStopping):
         super().__init__(**kwargs)
         self.after_epochs = after_epochs
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a run killed after the stop (in its test, say) resumes from last.ckpt: the stop holds, since
+        # Lightning restores this callback's state but not the trainer's should_stop
+        if self.stopped_epoch > 0:
+            trainer.should_stop = True
+
     def _watching(self, trainer: pl.Trainer) -> bool:
         return trainer.current_epoch + 1 >= self.after_epochs
 

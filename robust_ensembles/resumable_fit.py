@@ -52,7 +52,9 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
             test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.run_test else {}
             metrics = {
                 "best_epoch": best["epoch"], "last_epoch": trainer.current_epoch - 1,
-                **({"early_stopped": trainer.early_stopping_callback.stopped_epoch > 0}
+                # with early stopping: whether training ended because validation stopped rising (an epoch
+                # after the anneal failed to beat the best), not because it reached max_epochs still rising
+                **({"val_stopped_rising": trainer.early_stopping_callback.stopped_epoch > 0}
                    if trainer.early_stopping_callback else {}),
                 "monitor": checkpoint.monitor, "best_score": float(checkpoint.best_model_score),
                 **{k: float(v) for k, v in test.items()},

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from pytorch_lightning.callbacks import ModelCheckpoint
+
 from robust_ensembles.callbacks import EarlyStoppingAfter
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.schedules import warmup_cosine_floor
@@ -57,12 +59,13 @@ class Scripted(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def epochs_run(scores, after_epochs, max_epochs, patience=1) -> tuple[int, EarlyStoppingAfter]:
+def epochs_run(scores, after_epochs, max_epochs, patience=1, checkpoints=None, resume=None):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
     stop = EarlyStoppingAfter(after_epochs=after_epochs, monitor="val/adv_acc", mode="max", patience=patience)
-    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[stop], logger=False, enable_checkpointing=False,
+    callbacks = [stop] + ([ModelCheckpoint(dirpath=checkpoints, save_last=True)] if checkpoints else [])
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=bool(checkpoints),
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(Scripted(scores), train_dataloaders=data, val_dataloaders=data)
+    trainer.fit(Scripted(scores), train_dataloaders=data, val_dataloaders=data, ckpt_path=resume)
     return trainer.current_epoch, stop
 
 
@@ -79,3 +82,12 @@ def test_a_dip_during_the_anneal_does_not_stop_training_but_the_first_epoch_afte
 def test_still_rising_at_max_epochs_is_not_an_early_stop():
     ran, stop = epochs_run([0.1, 0.2, 0.3, 0.4, 0.5], after_epochs=2, max_epochs=5)
     assert ran == 5 and stop.stopped_epoch == 0
+
+
+def test_a_run_killed_after_its_stop_resumes_stopped(tmp_path):
+    scores = [0.30, 0.40, 0.35, 0.50, 0.60, 0.62, 0.61, 0.70, 0.80]
+    ran, _ = epochs_run(scores, after_epochs=4, max_epochs=9, checkpoints=tmp_path)
+    assert ran == 7
+    # resuming from last.ckpt (a job killed in its test, say) trains no further epoch
+    again, stop = epochs_run(scores, after_epochs=4, max_epochs=9, checkpoints=tmp_path, resume=tmp_path / "last.ckpt")
+    assert again == 7 and stop.stopped_epoch == 6
