@@ -222,6 +222,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"data.source={source!r} is unknown; use one of {list(SOURCES)}.")
+        if source == "synthetic" and root:
+            raise ConfigError(f"data.root={root!r} is set (on the command line or in conf/local/default.yaml), but "
+                              f"data.source=synthetic (data=synthetic, experiment=tiny) generates its images and reads no "
+                              f"files; drop data.root, or train on the files with data=cifar10_jpeg (experiment=cpu).")
         for key, value in (("val_size", val_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is None or value < (0 if key == "val_size" else 1):
                 raise ConfigError(f"data.{key}={value!r} must be a positive integer.")

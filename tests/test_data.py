@@ -138,3 +138,8 @@ def test_random_flip_flips_about_half():
     flipped = (out[:, 0, 0, 0] == 7).float().mean().item()
     assert 0.35 < flipped < 0.65
     assert torch.equal(out[out[:, 0, 0, 0] == 0], x[out[:, 0, 0, 0] == 0])
+
+
+def test_a_data_root_with_generated_data_is_an_error_not_ignored():
+    with pytest.raises(ConfigError, match="data.root=.*synthetic.*drop data.root"):
+        module(root="/my/cifar")
