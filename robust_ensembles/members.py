@@ -71,10 +71,11 @@ def build(cfg: DictConfig) -> tuple[Ensemble, list[store.Run], str]:
     ens = OmegaConf.to_container(cfg.ensemble, resolve=True)
     if cfg.members.kind not in KINDS:
         raise ConfigError(f"members.kind={cfg.members.kind!r} is unknown; use one of {list(KINDS)}.")
-    if cfg.members.kind != "seeds" and (cfg.get("K", 1) != 1 or cfg.get("seeds") is not None):
-        raise ConfigError(f"K={cfg.get('K')} seeds={cfg.get('seeds')} are set, but members.kind=composites (members=composite "
-                          f"or paper_composites) evaluates members.composites, not seeds; drop K and seeds, or use "
-                          f"members=seeds.")
+    seed_keys = [k for k, unset in (("K", 1), ("seeds", None)) if cfg.get(k, unset) != unset]
+    if cfg.members.kind != "seeds" and seed_keys:
+        given = " and ".join(f"{k}={cfg.get(k)}" for k in seed_keys)
+        raise ConfigError(f"{given} set, but members.kind=composites (members=composite or paper_composites) evaluates "
+                          f"members.composites, not seeds; drop {' and '.join(seed_keys)}, or use members=seeds.")
     if cfg.members.kind == "seeds":
         hint = f"python -m robust_ensembles.train -m experiment={cfg.get('name')} alpha={cfg.alpha}"
         model, runs = seed_ensemble(cfg.store.root, members_query(cfg), cfg.K, seeds=cfg.seeds, train_hint=hint, **ens)

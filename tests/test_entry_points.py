@@ -74,7 +74,8 @@ def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
     ("train", ["alpha=0.1", "data=cifar10_jpeg", "data.root={corrupt}"], "is corrupt"),
     ("train", ["alpha=0.1", "data.root=/my/cifar"], "data.root='/my/cifar' is set (on the command line or in conf/local/default.yaml), but data.source=synthetic"),
     ("evaluate", ["K=0"], "K=0 must be an integer >= 1"),
-    ("evaluate", ["members=composite", "K=4"], "K=4 seeds=None are set, but members.kind=composites"),
+    ("evaluate", ["members=composite", "K=4"], "K=4 set, but members.kind=composites"),
+    ("evaluate", ["members=paper_composites", "seeds=[0,1]"], "seeds=[0, 1] set, but members.kind=composites"),
     # refused by a constructor inside hydra's instantiate (wrapped in an InstantiationException there)
     ("evaluate", ["evaluation.attack.target_classes=-2"], "evaluation.attack.target_classes=-2 must be an integer >= 0"),
     ("train", ["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
