@@ -89,6 +89,20 @@ def test_cpu_preset_uses_the_offline_archive(tmp_path):
     assert cfg.model._target_.endswith("small_cnn") and cfg.data.subset == 14000 and cfg.model.convs == [2, 1, 1]
 
 
+def test_cpu_preset_gives_the_natural_model_its_own_schedule(tmp_path):
+    from robust_ensembles.store import identity_of, key_of
+    natural, adversarial = (compose_train(["experiment=cpu", f"alpha={a}"], tmp_path) for a in ("0", "0.5"))
+    schedule = lambda c: (c.module.scheduler.anneal_epochs, c.trainer.max_epochs, c.early_stopping.after_epochs)
+    assert schedule(natural) == (12, 16, 12) and schedule(adversarial) == (3, 5, 3)
+    assert schedule(compose_train(["experiment=cpu", "alpha=0.0"], tmp_path)) == (12, 16, 12)
+    # every entry point finds the natural model by the identity it was trained under, spelled out or not
+    spelled = compose_train(["experiment=cpu", "alpha=0", "module.scheduler.anneal_epochs=12", "trainer.max_epochs=16"],
+                            tmp_path)
+    ident = lambda c: key_of(identity_of(c, c.store.identity.include, c.store.identity.exclude))
+    assert ident(natural) == ident(spelled) != ident(compose_train(["experiment=cpu", "alpha=0",
+                                                                    "module.scheduler.anneal_epochs=3"], tmp_path))
+
+
 def test_alpha_and_seed_are_top_level_sweep_axes(tmp_path):
     cfg = compose_train(["alpha=0.22", "seed=0"], tmp_path)
     assert cfg.attack.eps == 0.22 and cfg.seed == 0
