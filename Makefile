@@ -6,6 +6,10 @@ ESTIMATE ?=
 AUTOATTACK ?= run
 EPS ?= 0.5
 K ?= 4
+JOBS ?= 1
+# JOBS=n (n > 1): the tables' training and evaluation as n one-thread jobs at once (Ray on this machine's CPUs;
+# needs pip install -e ".[gpu-cluster]"); two on 2 cores ran 1.3x the images per second of one two-thread job
+PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=ray_cpu threads=1 evaluate_in=jobs hydra.launcher.ray.init.num_cpus=$(JOBS))
 
 .PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search recommend profile gpu-measurements device-carry clean-outputs
 
@@ -30,16 +34,16 @@ train-cpu:  ## CPU scale: 2 natural + 2 alpha=0.25 models on the JPEG archive (A
 train-paper:  ## paper scale (GPU): ResNet18 at alpha 0.22 and 0.5, 8 seeds each (ARGS=... adds overrides)
 	$(PYTHON) -m robust_ensembles.train -m experiment=paper alpha=0.22,0.5 'seed=range(8)' $(ARGS)
 
-tables:  ## all three paper tables: trains their union first, then fills each (SCALE=cpu|paper, ARGS=hydra overrides)
-	$(PYTHON) -m robust_ensembles.tables table=all scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
+tables:  ## all three paper tables: trains their union first, then fills each (SCALE=cpu|paper, JOBS=2: two one-thread jobs at once, ARGS=hydra overrides)
+	$(PYTHON) -m robust_ensembles.tables table=all scale=$(SCALE) autoattack_column=$(AUTOATTACK)$(if $(ESTIMATE), estimate=true)$(if $(PARALLEL), $(PARALLEL)) $(ARGS)
 
-table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only; AUTOATTACK=run|stored|off)
-	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack_column=$(AUTOATTACK) $(if $(ESTIMATE),estimate=true) $(ARGS)
+table1 table2-size table2-equivalence:  ## one paper table: trains what is missing, evaluates, writes reports/$(SCALE)/ (ESTIMATE=1: cost only; AUTOATTACK=run|stored|off; JOBS=2)
+	$(PYTHON) -m robust_ensembles.tables table=$(subst -,_,$@) scale=$(SCALE) autoattack_column=$(AUTOATTACK)$(if $(ESTIMATE), estimate=true)$(if $(PARALLEL), $(PARALLEL)) $(ARGS)
 
 recommend:  ## alpha for a target eps and K, searched on validation, reusing the store (EPS=0.5 K=4|null SCALE=cpu|paper)
 	$(PYTHON) -m robust_ensembles.recommend scale=$(SCALE) target_eps=$(EPS) K=$(K) $(ARGS)
 
-bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths)
+bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths, one-thread jobs at once)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
 
 bench-eval-attacks:  ## candidate evaluation attacks vs stored standard AutoAttack records: accuracy gap and cost / PGD-20 (docs/evaluation.md)

@@ -7,7 +7,9 @@ Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeat
 2. the "common" PGD (loss.backward() into the weights on every step) / ours (target >= 1.25);
 3. torchattacks.PGDL2 / ours at the same steps and step size (target >= 1.0), with both
    accuracies and their standard errors on `bench.accuracy_n` points;
-4. ensemble forward + input gradient, K members: loop, torch.func vmap, loop + channels_last.
+4. ensemble forward + input gradient, K members: loop, torch.func vmap, loop + channels_last;
+5. on a CPU: the aggregate training images per second of n one-thread processes started together
+   (`make tables JOBS=n`) / one process with `bench.threads` (target >= `bench.cpu_jobs.target`).
 
 `bench.mode=gpu_epoch` instead times one paper-scale epoch (ResNet18, PGD-7 at 0.5) and a clean
 epoch on the GPU fast path (data resident on the device, channels_last, bf16 autocast).
@@ -29,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import cli, epoch_speed, members, store
 from robust_ensembles.alpha_search import STRATEGIES, AlphaSearch, Settings, SyntheticBackend
@@ -171,7 +173,26 @@ def bench_ratios(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     if b.torchattacks:
         bench_torchattacks(cfg, model, x, y, attack, rep, run, device)
     bench_ensemble(cfg, device, rep, run)
+    if device.type == "cpu" and b.cpu_jobs.processes:
+        bench_cpu_jobs(cfg, device, rep)
     return rep
+
+
+def bench_cpu_jobs(cfg, device, rep):
+    """5. The aggregate training images per second of n one-thread processes started together (`make tables
+    JOBS=n`: Ray jobs with threads=1) against one process with the bench's threads (one job at a time)."""
+    j = cfg.bench.cpu_jobs
+    setup = EpochSetup.of(j.epoch, cfg.data.num_classes)
+    model_cfg = OmegaConf.merge(cfg.model, j.model)
+    speed = lambda n, threads: epoch_speed.concurrent_images_per_s(n, setup, model_cfg, device, epochs=j.epochs,
+                                                                    threads=threads, poll_s=j.poll_s)
+    threads = torch.get_num_threads()  # bench.threads, set by bench()
+    one = speed(1, threads)
+    agg = speed(j.processes, 1)
+    rep.add(f"5. {j.processes} one-thread training processes / one {threads}-thread process (images/s, "
+            f"PGD-{setup.steps}, batch {setup.batch_size})", (agg / one,) * 3, f">= {j.target}", agg / one >= j.target)
+    rep.note(f"5. images/s: one {threads}-thread process {one:.0f}, {j.processes} one-thread processes "
+             f"together {agg:.0f}")
 
 
 def bench_torchattacks(cfg, model, x, y, attack, rep, run, device):

@@ -4,6 +4,7 @@ and closing the job's tracking run whether it succeeds or fails."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,6 +22,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         store.save_atomic(checkpoint, Path(path))
+
+
+def threads_of(cfg: DictConfig) -> int:
+    """The torch threads a job of `cfg` runs with (`threads`, else torch's default here): what its fit time
+    and records' wall times were measured with, and what an estimate matches them by."""
+    return int(cfg.get("threads") or torch.get_num_threads())
+
+
+def measured_with(threads: int, measurement: Mapping) -> bool:
+    """Whether a measurement (a fit's metrics, an evaluation record) was taken with `threads` torch threads
+    per job: on a CPU, where they set the speed (one from before threads were recorded counts as taken with
+    torch's default here); a GPU's always counts, its speed is the device's."""
+    if measurement.get("device", "cpu") != "cpu":
+        return True
+    return measurement.get("threads", torch.get_num_threads()) == threads
 
 
 def seed(cfg: DictConfig) -> None:

@@ -62,7 +62,7 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
                 "fit_seconds": fit_seconds, "resumed_from": resume,
                 "train_images_per_s": throughput.images_per_s,
                 "device": str(trainer.strategy.root_device), "torch": torch.__version__,
-                "git_commit": store.git_commit(),
+                "threads": torch.get_num_threads(), "git_commit": store.git_commit(),
             }
             if logger:
                 logger.log_metrics({f"store/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

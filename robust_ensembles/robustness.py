@@ -101,8 +101,10 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
     """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
     would be (same experiment; a curve with the same attack, grid, per_eps, precision and memory format
     and without check=true; AutoAttack of the same version) on the same kind of device (`device`, default
-    this machine's: a GPU's records do not cost a CPU's evaluation), or None when there is none."""
+    this machine's: a GPU's records do not cost a CPU's evaluation), on a CPU with the same torch threads
+    per job (`jobs.measured_with`), or None when there is none."""
     device = this_device() if device is None else device
+    threads = jobs.threads_of(cfg)
     ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
     same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
                                                               ("attack", "eps_grid", "per_eps", "precision"))
@@ -112,6 +114,7 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
              if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"]) and r.get("device") == device
+             and jobs.measured_with(threads, r)
              and r.get("experiment", r.get("config", {}).get("name")) == cfg.name]
     return statistics.median(rates) if rates else None
 
@@ -159,7 +162,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
             "auc": {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
             "per_point": per_point(module),
             "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": store.git_commit(),
-            "device": device_name(device), "precision": cfg.evaluation.precision,
+            "device": device_name(device), "threads": torch.get_num_threads(), "precision": cfg.evaluation.precision,
         }
         if cfg.check:
             x, y = first_points(datamodule, cfg.evaluation.split, min(cfg.checks.n, curve.n), device)

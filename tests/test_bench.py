@@ -14,7 +14,7 @@ from robust_ensembles.errors import ConfigError
 
 SMOKE = ["bench.batch_size=8", "bench.image_size=16", "bench.steps=[1,2]", "bench.repeats=2", "bench.warmup=1",
          "bench.inner=1", "bench.accuracy_source=synthetic", "bench.accuracy_n=16", "bench.ensemble_k=2",
-         "bench.ensemble_batch=8", "model.width=4", "bench.device=cpu"]
+         "bench.ensemble_batch=8", "model.width=4", "bench.device=cpu", "bench.cpu_jobs.processes=0"]
 
 
 def compose_bench(tmp_path, *overrides):
@@ -74,6 +74,25 @@ def test_gpu_epoch_compiles_each_mode_reports_a_failed_one_and_runs_seeds_side_b
     assert any(n.startswith("compile bogus: **failed** (ConfigError: module.compile='bogus'") for n in rep.notes)
     [share] = [r for r in rep.rows if r[0].startswith("images/s, 2 seeds' processes")]
     assert share[1] > 0 and share[5] == (share[1] >= 1.8)
+
+
+@pytest.mark.slow
+def test_ratio_table_measures_one_thread_processes_together_against_one_alone_on_the_cpu(tmp_path):
+    rep = bench(compose_bench(tmp_path, "bench.torchattacks=false", "bench.cpu_jobs.processes=2",
+                              "bench.cpu_jobs.epoch.n_images=32", "bench.cpu_jobs.epoch.batch_size=8",
+                              "bench.cpu_jobs.epoch.image_size=16", "bench.cpu_jobs.model.width=4", "bench.threads=2"))
+    [row] = [r for r in rep.rows if r[0].startswith("5. 2 one-thread training processes / one 2-thread process")]
+    assert row[1] > 0 and row[4] == ">= 1.2" and row[5] == (row[1] >= 1.2)
+    assert any(n.startswith("5. images/s: one 2-thread process") for n in rep.notes)
+
+
+def test_the_cpu_jobs_row_measures_the_cpu_presets_model_and_training_step(tmp_path):
+    from tests.conftest import compose_train
+    j, cpu = compose_bench(tmp_path).bench.cpu_jobs, compose_train(["experiment=cpu", "alpha=0.5"], tmp_path)
+    assert all(cpu.model[k] == v for k, v in j.model.items())
+    assert (j.epoch.batch_size, j.epoch.steps, j.epoch.eps, j.epoch.lr, j.epoch.nesterov, j.epoch.crop_padding) == (
+        cpu.data.batch_size, cpu.attack.steps, cpu.alpha, cpu.module.optimizer.lr, cpu.module.optimizer.nesterov,
+        cpu.data.augment.crop_padding)
 
 
 def test_profile_mode_reports_where_the_time_goes(tmp_path):

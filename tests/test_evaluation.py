@@ -81,6 +81,7 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
         assert sum(f is None or f > e for f in pts["min_flip"]) == round(c["cumulative"][i] * 64)
         assert sum(row[i] == "1" for row in pts["correct_at"]) == round(c["per_eps"][i] * 64)
     assert r["device"] == "cpu" and r["precision"] == "32-true" and r["version"] == VERSIONS["curve"]
+    assert r["threads"] == torch.get_num_threads()
     reused = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
     assert reused.pop("attacks") == [] and reused == json.loads(path.read_text())  # reused
     again = evaluate(eval_cfg(tmp_path, trained_store, "K=2", "evaluation.force=true"))

@@ -50,6 +50,14 @@ def test_gpus_launcher_gives_each_job_one_gpu_or_a_share_of_one():
     assert ray_remote("rows_file=rows.json", "row=0", config="evaluate_row").num_gpus == 1.0
 
 
+@needs_ray
+def test_the_table_estimate_knows_how_many_jobs_the_cpu_launcher_runs_at_once():
+    from robust_ensembles.paper_tables.driver import parallel_jobs
+    assert parallel_jobs(["hydra/launcher=ray_cpu"]) == 2   # conf/hydra/launcher/ray_cpu.yaml: 2 CPUs, 1 per job
+    assert parallel_jobs(["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.num_cpus=4"]) == 4   # make ... JOBS=4
+    assert parallel_jobs(["hydra/launcher=gpus"]) == 1   # Ray counts the GPUs itself when it starts: not known here
+
+
 @needs_submitit
 def test_slurm_launcher_builds_a_gpu_array():
     cfg = launcher_cfg("slurm")

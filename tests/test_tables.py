@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 
 import pytest
+import torch
 
 from robust_ensembles import PROJECT_ROOT
 from robust_ensembles import store
@@ -84,6 +85,10 @@ def test_make_dry_run_shows_the_table_command(target, table):
     tables = subprocess.run(["make", "-n", "tables", "AUTOATTACK=stored"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True).stdout
     assert "-m robust_ensembles.tables table=all scale=cpu autoattack_column=stored" in tables
+    two = subprocess.run(["make", "-n", "tables", "JOBS=2", "ARGS=seed=0"], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True).stdout
+    assert ("autoattack_column=run hydra/launcher=ray_cpu threads=1 evaluate_in=jobs hydra.launcher.ray.init.num_cpus=2 "
+            "seed=0") in two
 
 
 def test_tables_declare_what_they_need(tmp_path):
@@ -177,6 +182,9 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     text, seconds = t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"])
     assert seconds == pytest.approx(2 * statistics.median(adversarial) + statistics.median(composite))
     assert "2 training jobs and 1 composites missing" in text and "composite " in text
+    # fits timed with other torch threads per job do not cost this run's jobs (tiny has no reference costs)
+    other = TableRun("table1", "tiny", [*over, f"threads={torch.get_num_threads() + 1}"], "stored")
+    assert other.estimate_training([(0.25, 7)], [])[1] is None
 
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out
@@ -393,6 +401,45 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
     with pytest.raises(Exception, match="at least three alphas"):
         monkeypatch.setattr(t.s, "alpha_candidates", [0.25, 0.3])
         table1.fill(t)
+
+
+def test_estimate_takes_the_reference_of_its_threads_and_spreads_seconds_over_the_jobs_run_at_once(tmp_path, capsys):
+    from robust_ensembles.robustness import this_device
+    ref = lambda threads, fit: (f"{{device: '{this_device()}', measured: 'a test with {threads} thread(s)', "
+                                f"threads: {threads}, fit_seconds: {{natural: {fit}, adversarial: {2 * fit}, composite: "
+                                f"{3 * fit}}}, seconds_per_member_point: {{curve: 0.5, autoattack: 1.0}}}}")
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", f"+reference_costs=[{ref(2, 10)},{ref(1, 12)}]"]
+    lines = {}
+    for threads in (1, 2):
+        driver.run("all", "tiny", [*over, f"threads={threads}"], estimate=True)
+        lines[threads] = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("all (tiny)"))
+    # 1 natural, 9 adversarial, 2 composites: 10 + 180 + 60 s with 2 threads, 12 + 216 + 72 s with 1
+    assert "about 0.07 h of training" in lines[2] and "adversarial 0.3 min, reference of a test with 2 thread(s)" in lines[2]
+    assert "about 0.08 h of training" in lines[1] and "adversarial 0.4 min, reference of a test with 1 thread(s)" in lines[1]
+    driver.run("all", "tiny", [*over, "threads=3"], estimate=True)  # no reference with 3 threads: none taken
+    assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out
+    assert driver.total_text(7200, 3600) == "; in all about 3.00 h"
+    at_best = " (at best: jobs wait for each multirun's last)"
+    assert driver.total_text(7200, 3600, 2) == "; in all about 2.00 h with 2 training jobs at a time" + at_best
+    assert driver.total_text(7200, 3600, 2, 2) == ("; in all about 1.50 h with 2 training jobs at a time and 2 "
+                                                   "evaluation jobs at a time" + at_best)
+    assert driver.total_text(0, 3600, 2) == "; in all about 1.00 h"   # nothing to train: nothing spread
+
+
+def test_a_cpu_measurement_counts_only_for_its_own_threads_and_a_gpus_for_any():
+    from robust_ensembles.jobs import measured_with
+    assert measured_with(1, {"device": "cpu", "threads": 1}) and not measured_with(2, {"device": "cpu", "threads": 1})
+    assert measured_with(torch.get_num_threads(), {"device": "cpu"})   # before threads were recorded: the default
+    assert not measured_with(torch.get_num_threads() + 1, {"fit_seconds": 5.0})
+    assert measured_with(1, {"device": "NVIDIA H200", "threads": 4})
+
+
+def test_an_unknown_launcher_is_refused_before_anything_runs(tmp_path):
+    assert driver.parallel_jobs([]) == 1
+    with pytest.raises(ConfigError, match=r"launcher overrides \['hydra/launcher=nope'\]: .*Could not find"):
+        driver.run("all", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
+                   launcher=["hydra/launcher=nope"])
+    assert not (tmp_path / "store").exists()
 
 
 def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_so(tmp_path, capsys):

@@ -34,6 +34,7 @@ def test_train_writes_a_complete_entry_and_the_second_call_skips(tiny_cfg, tmp_p
         assert (entry / name).is_file(), name
     assert json.loads((entry / "metrics.json").read_text()) == metrics
     assert metrics["best_epoch"] == 0 and metrics["last_epoch"] == 0 and metrics["train_images_per_s"] > 0
+    assert metrics["threads"] == torch.get_num_threads()  # what its fit time was measured with (ESTIMATE matches it)
     # the reported test accuracy is the kept model's, on the test split: recomputed here independently
     assert metrics["test/nat_acc"] == pytest.approx(clean_test_accuracy(load_model(store.Run.at(entry)), cfg), abs=1e-6)
     assert metrics["test/adv_acc@0.25"] <= metrics["test/nat_acc"] and metrics["n_test"] == 64

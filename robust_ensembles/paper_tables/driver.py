@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import importlib.util
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT, store
 from robust_ensembles.errors import ConfigError, UserError
 from robust_ensembles.identity import composite_run, training_identity, training_run, with_radius
+from robust_ensembles.jobs import measured_with, threads_of
 from robust_ensembles.paper_tables.reports import write_reports
 from robust_ensembles.curves import Curve, check_grid
 from robust_ensembles.robustness import (AUTOATTACK, CURVE, autoattack_spec, evaluate, seconds_per_member_point,
@@ -48,18 +51,19 @@ class JobsFailedError(UserError):
 _COMPOSED: dict[tuple, DictConfig] = {}
 
 
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+def compose_config(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
     """conf/<config_name>.yaml with overrides (inside a running Hydra app, or outside one); a table
-    composes the same configs many times, so each is composed once per process and handed out as a copy."""
-    overrides = [o for o in overrides if not o.startswith("hydra")]
-    key = (config_name, tuple(overrides))
+    composes the same configs many times, so each is composed once per process and handed out as a copy.
+    `hydra`: with Hydra's own config (`cfg.hydra`: the launcher) and the `hydra...` overrides, else without."""
+    overrides = [o for o in overrides if hydra or not o.startswith("hydra")]
+    key = (config_name, tuple(overrides), hydra)
     if key not in _COMPOSED:
         try:
             if GlobalHydra.instance().is_initialized():
-                _COMPOSED[key] = compose(config_name, overrides=overrides)
+                _COMPOSED[key] = compose(config_name, overrides=overrides, return_hydra_config=hydra)
             else:
                 with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-                    _COMPOSED[key] = compose(config_name, overrides=overrides)
+                    _COMPOSED[key] = compose(config_name, overrides=overrides, return_hydra_config=hydra)
         except HydraException as e:
             raise ConfigError(f"conf/{config_name}.yaml with {overrides}: {' '.join(str(e).split())}") from None
     return copy.deepcopy(_COMPOSED[key])
@@ -207,13 +211,14 @@ class TableRun:
     def train_missing(self) -> None:
         self.trained += self.train(*self.missing())
 
-    def estimate(self) -> str:
+    def estimate(self, train_jobs: int = 1, evaluate_jobs: int = 1) -> str:
         """Missing training jobs and evaluation records, and their cost from what stored jobs and records
-        of the same setup measured on this store's machines (`fit_seconds`, record wall times)."""
+        of the same setup measured on this store's machines (`fit_seconds`, record wall times), with
+        `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time."""
         jobs, comps = self.missing()
         train, t_s = self.estimate_training(jobs, comps)
         evaluation, e_s = self.estimate_evaluation()
-        return f"{train}; {evaluation}{total_text(t_s, e_s)}"
+        return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs)}"
 
     def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str],
                           what: str = "training jobs") -> tuple[str, float | None]:
@@ -221,17 +226,17 @@ class TableRun:
         for this setup (natural, adversarial, composite); seconds None when a kind has no measurement.
         `what` names the jobs in the text (the union of several tables: "distinct training jobs")."""
         cfg = compose_config("train", self.base)
-        ident = training_identity(cfg)
-        done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]})
-                if r.metrics().get("resumed_from") is None]  # query lists complete runs; a resumed fit timed only its rest
+        ident, threads = training_identity(cfg), threads_of(cfg)
+        timed = lambda r: r.metrics().get("fit_seconds") and r.metrics().get("resumed_from") is None and \
+            measured_with(threads, r.metrics())  # timed whole (a resumed fit timed only its rest), threads as this run's
+        done = [r for r in store.query(cfg.store.root, {"model": ident["model"], "data": ident["data"]}) if timed(r)]
         # natural training (alpha=0) runs no attack: its fit time is estimated apart from the adversarial jobs'
-        fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")
-                       and r.metrics().get("fit_seconds")] for kind in ("natural", "adversarial")}
+        fits = {kind: [r.metrics()["fit_seconds"] for r in done if (r.identity["alpha"] == 0) == (kind == "natural")]
+                for kind in ("natural", "adversarial")}
         # a composite trains a head through two frozen backbones: timed apart, from the composites stored
         # (same data, backbones of this model)
         fits["composite"] = [r.metrics()["fit_seconds"] for r in store.query(cfg.store.root, {"data": ident["data"]})
-                             if "backbones" in r.identity and r.metrics().get("fit_seconds")
-                             and r.metrics().get("resumed_from") is None
+                             if "backbones" in r.identity and timed(r)
                              and r.sibling(r.identity["backbones"]["robust"]).identity.get("model") == ident["model"]]
         todo = {"natural": sum(1 for a, _ in jobs if a == 0), "adversarial": sum(1 for a, _ in jobs if a != 0),
                 "composite": len(comps)}
@@ -431,17 +436,55 @@ def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
 
 def reference_costs(cfg: DictConfig) -> DictConfig | None:
     """The experiment preset's reference costs (`reference_costs`: fit seconds per kind of job, seconds per
-    member and point per kind of record, and where they were measured), when they were measured on this
-    kind of device; ESTIMATE uses them only for a kind the store has not timed yet."""
-    reference = cfg.get("reference_costs")
-    return reference if reference is not None and reference.get("device") == this_device() else None
+    member and point per kind of record, and where they were measured; one such block or a list of them),
+    the first measured on this kind of device with this config's torch threads per job (a block without
+    `threads`: any); ESTIMATE uses them only for a kind the store has not timed yet."""
+    blocks = cfg.get("reference_costs")
+    blocks = [] if blocks is None else [blocks] if OmegaConf.is_dict(blocks) else list(blocks)
+    threads = threads_of(cfg)
+    return next((b for b in blocks if b.get("device") == this_device() and measured_with(threads, b)), None)
 
 
-def total_text(train_s: float | None, evaluate_s: float | None) -> str:
-    """'; in all about X h' when both parts of an estimate were measured, else nothing."""
+def plugin_installed(plugin: str) -> bool:
+    """Whether the Hydra plugin `hydra_plugins.<plugin>` is installed (hydra-core alone ships no such package)."""
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{plugin}") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def parallel_jobs(launcher: list[str]) -> int:
+    """How many jobs the launcher these overrides select runs at once on this machine, where its config says
+    so (a Ray launcher started with `ray.init.num_cpus`, each job asking `ray.remote.num_cpus`:
+    hydra/launcher=ray_cpu, `make tables JOBS=n`), at most one per core; else 1 (the basic launcher, or a
+    launcher whose concurrency is a cluster's or found when it starts)."""
+    if not launcher:
+        return 1
+    try:
+        hydra_cfg = compose_config("train", launcher, hydra=True).hydra
+    except ConfigError as e:
+        hint = ("" if plugin_installed("hydra_ray_launcher") else
+                " (the Ray launchers, hydra/launcher=ray_cpu and gpus, need: pip install -e \".[gpu-cluster]\")")
+        raise ConfigError(f"launcher overrides {launcher}: {str(e).split(': ', 1)[-1]}{hint}") from None
+    cpus, per_job = (OmegaConf.select(hydra_cfg, f"launcher.ray.{k}.num_cpus") for k in ("init", "remote"))
+    if not isinstance(cpus, int) or not isinstance(per_job, (int, float)) or per_job <= 0:
+        return 1
+    if cpus < per_job:
+        raise ConfigError(f"hydra.launcher.ray.init.num_cpus={cpus} leaves no room for one job of "
+                          f"ray.remote.num_cpus={per_job}; give at least {per_job} (make ... JOBS=n: n >= 1).")
+    return max(1, min(int(cpus // per_job), os.cpu_count() or 1))
+
+
+def total_text(train_s: float | None, evaluate_s: float | None, train_jobs: int = 1, evaluate_jobs: int = 1) -> str:
+    """'; in all about X h' when both parts of an estimate were measured, else nothing; with jobs run
+    `train_jobs` (training) and `evaluate_jobs` (evaluation) at a time, each part's wall time is its sum
+    over that many."""
     if train_s is None or evaluate_s is None or train_s + evaluate_s == 0:
         return ""
-    return f"; in all about {(train_s + evaluate_s) / 3600:.2f} h"
+    spread = [f"{n} {what} jobs at a time" for n, what, s in ((train_jobs, "training", train_s),
+                                                             (evaluate_jobs, "evaluation", evaluate_s)) if n > 1 and s]
+    return (f"; in all about {(train_s / train_jobs + evaluate_s / evaluate_jobs) / 3600:.2f} h"
+            + (f" with {' and '.join(spread)} (at best: jobs wait for each multirun's last)" if spread else ""))
 
 
 def tables_in(sweeps_dir: str | Path) -> list[str]:
@@ -457,9 +500,11 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
         raise ConfigError(f"evaluate_in={evaluate_in} is unknown; use one of {list(EVALUATE_IN)}.")
     names = tables_in(sweeps_dir) if table == "all" else [table]
     runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher) for name in names]
-    if estimate:
+    parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
+    if estimate:  # the jobs' sums of seconds, spread over the jobs run at once
+        spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
         for t in runs:
-            print(f"{t.table} ({scale}): {t.estimate()}")
+            print(f"{t.table} ({scale}): {t.estimate(**spread)}")
         if len(runs) > 1:  # tables share models and records: the union is what `all` trains and evaluates
             missing = [t.missing() for t in runs]
             plan = [p for t in runs for p in t.evaluation_plan()]
@@ -468,7 +513,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
             train, t_s = runs[0].estimate_training(jobs, comps, what="distinct training jobs")
             evaluation, e_s = runs[0].estimate_evaluation(plan)
             print(f"all ({scale}): {train}; {evaluation}"
-                  f"{total_text(t_s, e_s)}")
+                  f"{total_text(t_s, e_s, **spread)}")
         return []
     start = time.perf_counter()
     if len(runs) > 1:
