@@ -8,7 +8,8 @@ EPS ?= 0.5
 K ?= 4
 JOBS ?= 1
 # JOBS=n (n > 1): the tables' training and evaluation as n one-thread jobs at once (Ray on this machine's CPUs;
-# needs pip install -e ".[gpu-cluster]"); two on 2 cores ran 1.3x the images per second of one two-thread job
+# needs pip install -e ".[gpu-cluster]"); two on 2 cores fitted 1.14x (adversarial) to 1.39x (natural) the models
+# per hour of one two-thread job (docs/cpu-scale.md)
 PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=ray_cpu threads=1 evaluate_in=jobs hydra.launcher.ray.init.num_cpus=$(JOBS))
 
 .PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search recommend profile gpu-measurements device-carry clean-outputs
