@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import yaml
@@ -54,7 +55,9 @@ def test_gpus_launcher_gives_each_job_one_gpu_or_a_share_of_one():
 def test_the_table_estimate_knows_how_many_jobs_the_cpu_launcher_runs_at_once():
     from robust_ensembles.paper_tables.driver import parallel_jobs
     assert parallel_jobs(["hydra/launcher=ray_cpu"]) == 2   # conf/hydra/launcher/ray_cpu.yaml: 2 CPUs, 1 per job
-    assert parallel_jobs(["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.num_cpus=4"]) == 4   # make ... JOBS=4
+    assert parallel_jobs(["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.num_cpus=1"]) == 1   # make ... JOBS=1
+    # make ... JOBS=4: four at once, or one per core where the machine has fewer
+    assert parallel_jobs(["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.num_cpus=4"]) == min(4, os.cpu_count())
     assert parallel_jobs(["hydra/launcher=gpus"]) == 1   # Ray counts the GPUs itself when it starts: not known here
 
 
