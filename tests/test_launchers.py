@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -11,20 +10,14 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from robust_ensembles import CONFIG_DIR
+from robust_ensembles.paper_tables.driver import parallel_jobs, plugin_installed
 from tests.conftest import TINY, run_module
 
 GPU_CLUSTER = "needs the gpu-cluster extra: pip install -e '.[gpu-cluster]' (CI installs it)"
 
 
-def _installed(plugin: str) -> bool:
-    try:
-        return importlib.util.find_spec(f"hydra_plugins.{plugin}") is not None
-    except ModuleNotFoundError:  # no hydra_plugins namespace at all
-        return False
-
-
-needs_ray = pytest.mark.skipif(not _installed("hydra_ray_launcher"), reason=GPU_CLUSTER)
-needs_submitit = pytest.mark.skipif(not _installed("hydra_submitit_launcher"), reason=GPU_CLUSTER)
+needs_ray = pytest.mark.skipif(not plugin_installed("hydra_ray_launcher"), reason=GPU_CLUSTER)
+needs_submitit = pytest.mark.skipif(not plugin_installed("hydra_submitit_launcher"), reason=GPU_CLUSTER)
 
 
 def launcher_cfg(name: str) -> dict:
@@ -53,7 +46,6 @@ def test_gpus_launcher_gives_each_job_one_gpu_or_a_share_of_one():
 
 @needs_ray
 def test_the_table_estimate_knows_how_many_jobs_the_cpu_launcher_runs_at_once():
-    from robust_ensembles.paper_tables.driver import parallel_jobs
     assert parallel_jobs(["hydra/launcher=ray_cpu"]) == 2   # conf/hydra/launcher/ray_cpu.yaml: 2 CPUs, 1 per job
     assert parallel_jobs(["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.num_cpus=1"]) == 1   # make ... JOBS=1
     # make ... JOBS=4: four at once, or one per core where the machine has fewer
