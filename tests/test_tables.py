@@ -181,6 +181,9 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert len(composite) == 2
     text, seconds = t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"])
     assert seconds == pytest.approx(2 * statistics.median(adversarial) + statistics.median(composite))
+    # two at a time: the two fits of one multirun together, then the composite's multirun
+    assert t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"], slots=2)[1] == \
+        pytest.approx(statistics.median(adversarial) + statistics.median(composite))
     assert "2 training jobs and 1 composites missing" in text and "composite " in text
     # fits timed with other torch threads per job do not cost this run's jobs (tiny has no reference costs)
     other = TableRun("table1", "tiny", [*over, f"threads={torch.get_num_threads() + 1}"], "stored")
@@ -263,7 +266,7 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
 
     def entry(key, split):
         cfg = NS(evaluation=NS(split=split, autoattack=NS(compute=True)))
-        return {"curve_key": key, "autoattack_key": None, "curve_missing": key not in stored,
+        return {"curve_key": key, "autoattack_key": None, "curve_missing": key not in stored, "costs": {},
                 "autoattack_missing": False, "autoattack_todo": False, "cfg": cfg, "overrides": [f"row={key}"]}
 
     def plan():
@@ -403,7 +406,7 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
         table1.fill(t)
 
 
-def test_estimate_takes_the_reference_of_its_threads_and_spreads_seconds_over_the_jobs_run_at_once(tmp_path, capsys):
+def test_estimate_takes_the_reference_of_its_threads_and_places_the_jobs_on_the_slots_run_at_once(tmp_path, capsys):
     from robust_ensembles.robustness import this_device
     ref = lambda threads, fit: (f"{{device: '{this_device()}', measured: 'a test with {threads} thread(s)', "
                                 f"threads: {threads}, fit_seconds: {{natural: {fit}, adversarial: {2 * fit}, composite: "
@@ -419,11 +422,47 @@ def test_estimate_takes_the_reference_of_its_threads_and_spreads_seconds_over_th
     driver.run("all", "tiny", [*over, "threads=3"], estimate=True)  # no reference with 3 threads: none taken
     assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out
     assert driver.total_text(7200, 3600) == "; in all about 3.00 h"
-    at_best = " (at best: jobs wait for each multirun's last)"
-    assert driver.total_text(7200, 3600, 2) == "; in all about 2.00 h with 2 training jobs at a time" + at_best
-    assert driver.total_text(7200, 3600, 2, 2) == ("; in all about 1.50 h with 2 training jobs at a time and 2 "
-                                                   "evaluation jobs at a time" + at_best)
+    queued = " (each multirun's jobs start as slots free and it ends with its last)"
+    assert driver.total_text(3600, 3600, 2) == "; in all about 2.00 h with 2 training jobs at a time" + queued
+    assert driver.total_text(3600, 1800, 2, 2) == ("; in all about 1.50 h with 2 training jobs at a time and 2 "
+                                                   "evaluation jobs at a time" + queued)
     assert driver.total_text(0, 3600, 2) == "; in all about 1.00 h"   # nothing to train: nothing spread
+
+
+def test_a_multirun_lasts_until_its_last_job_and_evaluation_jobs_start_longest_first():
+    """makespan: each job starts on the first free slot in launch order, one slot is the sum. Evaluation
+    jobs (one per missing curve, with its AutoAttack record) are launched longest first: two slots finish
+    8 units of work in 4, where the long job last and alone (as sorted overrides launched it) took 6."""
+    from types import SimpleNamespace as NS
+    from robust_ensembles.robustness import AUTOATTACK, CURVE
+
+    assert driver.makespan([3, 3, 3], 1) == 9 and driver.makespan([], 2) == 0
+    assert driver.makespan([1, 1, 2, 5], 2) == 6   # 1 | 1, then 2 after a 1, then 5 after the other 1
+    assert driver.makespan([1, 1, 1, 1, 4], 2) == 6 and driver.makespan([4, 1, 1, 1, 1], 2) == 4
+
+    def row(key, split, curve=None, aa=None):
+        costs = {**({CURVE: (curve, None)} if curve is not None else {}),
+                 **({AUTOATTACK: (aa, "autoattack (reference of a test)")} if aa is not None else {})}
+        return {"curve_key": key, "curve_missing": curve is not None, "autoattack_key": f"aa-{key}",
+                "autoattack_todo": aa is not None,
+                "autoattack_missing": aa is not None, "costs": costs, "overrides": [f"row={key}"],
+                "cfg": NS(evaluation=NS(split=split))}
+
+    plan = [row("a", "test", 1), row("b", "test", 1), row("c", "test", 1), row("d", "test", 1), row("e", "test", 3),
+            row("e", "test", 3, aa=1),          # the same curve, with its AutoAttack record: one job of 4
+            row("f", "test"),                   # nothing missing: no job
+            row("v", "val", 2)]
+    jobs = driver.evaluation_job_list(plan, "test")
+    assert [(j["overrides"], j["seconds"]) for j in jobs] == [(["row=e"], 4), (["row=a"], 1), (["row=b"], 1),
+                                                              (["row=c"], 1), (["row=d"], 1)]
+    assert [j["overrides"] for j in driver.evaluation_job_list(plan, "val")] == [["row=v"]]
+    text, wall = driver.TableRun.estimate_evaluation(NS(), plan, slots=2)
+    assert wall == 2 + 4   # validation (2, alone), then test: e | a b c d
+    assert driver.TableRun.estimate_evaluation(NS(), plan)[1] == 2 + 8
+    assert "about 0.00 h" in text and "where none is stored yet: autoattack (reference of a test)" in text
+    # training: one multirun per distinct seed list (alpha outer, as Hydra's sweeper launches them)
+    assert driver.multirun_groups([(0.25, 0), (0.25, 1), (0.5, 0), (0.5, 1), (0.0, 0)]) == [([0.25, 0.5], [0, 1]),
+                                                                                            ([0.0], [0])]
 
 
 def test_a_cpu_measurement_counts_only_for_its_own_threads_and_a_gpus_for_any():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import heapq
 import importlib
 import importlib.util
 import json
@@ -193,13 +194,7 @@ class TableRun:
     def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
         """Train these (alpha, seed) jobs and composites; returns what was trained."""
         trained = []
-        by_alpha: dict[float, list[int]] = {}
-        for a, seed in jobs:
-            by_alpha.setdefault(a, []).append(seed)
-        by_seeds: dict[tuple, list[float]] = {}  # one multirun per distinct seed list: alphas x seeds
-        for a, seeds in by_alpha.items():
-            by_seeds.setdefault(tuple(seeds), []).append(a)
-        for seeds, alphas in by_seeds.items():
+        for alphas, seeds in multirun_groups(jobs):
             self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
                                                      "seed=" + ",".join(map(str, seeds))])
             trained += [f"alpha={a} seed={s}" for a in alphas for s in seeds]
@@ -216,15 +211,17 @@ class TableRun:
         of the same setup measured on this store's machines (`fit_seconds`, record wall times), with
         `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time."""
         jobs, comps = self.missing()
-        train, t_s = self.estimate_training(jobs, comps)
-        evaluation, e_s = self.estimate_evaluation()
+        train, t_s = self.estimate_training(jobs, comps, slots=train_jobs)
+        evaluation, e_s = self.estimate_evaluation(slots=evaluate_jobs)
         return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs)}"
 
-    def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str],
-                          what: str = "training jobs") -> tuple[str, float | None]:
+    def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str], what: str = "training jobs",
+                          slots: int = 1) -> tuple[str, float | None]:
         """(text, seconds) of these training jobs and composites at the median fit time of each kind stored
-        for this setup (natural, adversarial, composite); seconds None when a kind has no measurement.
-        `what` names the jobs in the text (the union of several tables: "distinct training jobs")."""
+        for this setup (natural, adversarial, composite): the text gives their sum, the seconds the wall
+        time of their multiruns (`multirun_groups`, then the composites) with `slots` jobs at a time
+        (`makespan`); seconds None when a kind has no measurement. `what` names the jobs in the text (the
+        union of several tables: "distinct training jobs")."""
         cfg = compose_config("train", self.base)
         ident, threads = training_identity(cfg), threads_of(cfg)
         timed = lambda r: r.metrics().get("fit_seconds") and r.metrics().get("resumed_from") is None and \
@@ -252,10 +249,13 @@ class TableRun:
         if unmeasured:
             return (f"{head}; no {' or '.join(unmeasured)} job of this setup has run yet, so no measured fit time "
                     f"to estimate from"), None
-        seconds = sum(n * statistics.median(fits[k]) for k, n in todo.items() if n)
-        return (f"{head}; about {seconds / 3600:.2f} h of training at the median measured fit time per job ("
-                + ", ".join(f"{k} {statistics.median(v) / 60:.1f} min, {source[k]}" for k, v in fits.items() if v)
-                + ")"), seconds
+        fit = {k: statistics.median(v) for k, v in fits.items() if v}
+        seconds = sum(n * fit[k] for k, n in todo.items() if n)
+        multiruns = [[fit["natural" if a == 0 else "adversarial"] for a in alphas for _ in seeds]
+                     for alphas, seeds in multirun_groups(jobs)] + ([[fit["composite"]] * len(comps)] if comps else [])
+        text = (f"{head}; about {seconds / 3600:.2f} h of training at the median measured fit time per job ("
+                + ", ".join(f"{k} {fit[k] / 60:.1f} min, {source[k]}" for k in fit) + ")")
+        return text, sum(makespan(m, slots) for m in multiruns)
 
     def evaluation_plan(self) -> list[dict]:
         """The records this table's rows need and which are missing: the table module's own fill, run with
@@ -267,45 +267,40 @@ class TableRun:
         finally:
             self.plan = None
 
-    def estimate_evaluation(self, plan: list[dict] | None = None) -> tuple[str, float | None]:
-        """The missing curve and AutoAttack records of the plan (each counted once, whichever rows and
-        tables share it), costed at the wall time per member and point of stored records computed the
-        same way (`seconds_per_member_point`, per record's own settings)."""
+    def estimate_evaluation(self, plan: list[dict] | None = None, slots: int = 1) -> tuple[str, float | None]:
+        """(text, seconds) of the missing curve and AutoAttack records of the plan, costed at the wall time
+        per member and point of stored records computed the same way (`record_seconds`): the text gives
+        the sum over the evaluation jobs that compute them (`evaluation_job_list`: one per missing curve,
+        with its AutoAttack record, whichever rows and tables share it), the seconds the wall time of their
+        multiruns (validation, then test) with `slots` jobs at a time (`makespan`)."""
         plan = self.evaluation_plan() if plan is None else plan
-        todo = {}  # (kind, key) -> (members x points, the row's config)
-        for p in plan:
-            if p["curve_missing"]:
-                todo[(CURVE, p["curve_key"])] = (p["K"] * p["n"], p["cfg"])
-            if p["autoattack_todo"]:
-                todo[(AUTOATTACK, p["autoattack_key"])] = (p["K"] * p["aa_n"], p["cfg"])
         n_curves = len({p["curve_key"] for p in plan})
         missing = {CURVE: len({p["curve_key"] for p in plan if p["curve_missing"]}),
                    AUTOATTACK: len({p["autoattack_key"] for p in plan if p["autoattack_missing"]})}
-        left = missing[AUTOATTACK] - sum(1 for k, _ in todo if k == AUTOATTACK)
+        left = missing[AUTOATTACK] - len({p["autoattack_key"] for p in plan if p["autoattack_todo"]})
         text = (f"evaluation: {missing[CURVE]} of {n_curves} curve records and {missing[AUTOATTACK]} AutoAttack "
                 f"records missing" + (f" ({left} left pending: AUTOATTACK=stored computes none)" if left else ""))
         if any(p["curve_missing"] and p["cfg"].evaluation.split == "val" for p in plan):
             text += (" (a choice made on validation records not yet computed is taken as their stand-ins make it, "
                      "e.g. Table 1's smallest alpha candidate)")
-        if not todo:
+        multiruns = [evaluation_job_list(plan, split) for split in SPLITS]
+        if not any(multiruns):
             return text, 0.0
-        seconds, unmeasured, referenced = 0.0, set(), set()
-        for (kind, _), (units, cfg) in todo.items():
-            rate = seconds_per_member_point(cfg, kind)
-            reference = reference_costs(cfg)
-            if rate is None and reference and reference.seconds_per_member_point.get(kind):
-                rate = float(reference.seconds_per_member_point[kind])
-                referenced.add(f"{kind} (reference of {reference.measured})")
-            if rate is None:
-                unmeasured.add(kind)
-            else:
-                seconds += units * rate
+        unmeasured = sorted({kind for p in plan for kind, (seconds, _) in p["costs"].items() if seconds is None})
         if unmeasured:
-            return (f"{text}; no stored {' or '.join(sorted(unmeasured))} record computed the same way on this kind "
+            return (f"{text}; no stored {' or '.join(unmeasured)} record computed the same way on this kind "
                     f"of device ({this_device()}) yet to estimate their cost from (evaluate one such row first)"), None
-        return (f"{text}; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
-                f"computed on this kind of device ({this_device()})"
-                + (f"; where none is stored yet: {', '.join(sorted(referenced))}" if referenced else "")), seconds
+        referenced = sorted({source for p in plan for _, source in p["costs"].values() if source})
+        records = {(kind, p["curve_key" if kind == CURVE else "autoattack_key"]): cost
+                   for p in plan for kind, (cost, _) in p["costs"].items()}  # each record once
+        seconds = sum(records.values())
+        in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
+        text += (f"; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
+                 f"computed on this kind of device ({this_device()})"
+                 + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
+        # what no job carries (a second AutoAttack record of one curve) is computed afterwards, one at a time
+        return text, sum(makespan([job["seconds"] for job in jobs], slots) for jobs in multiruns) + \
+            max(0.0, seconds - in_jobs)
 
     def _planned(self, cfg: DictConfig, overrides: list[str]) -> dict:
         """Estimate mode: the row's stored records, or stand-ins (every point robust), noting what is missing
@@ -318,11 +313,13 @@ class TableRun:
         n = int(cfg.data.val_size if split == "val" else
                 cfg.data.get("test_subset") or cfg.data.get("synthetic", {}).get("n_test") or 10000)
         aa_n = int(cfg.evaluation.autoattack.n)
+        # missing and to be computed here (AUTOATTACK=stored computes none)
+        aa_todo = want_aa and aa is None and bool(cfg.evaluation.autoattack.compute)
+        costs = {kind: record_seconds(cfg, kind, units) for kind, units, todo in
+                 ((CURVE, k * n, curve is None), (AUTOATTACK, k * aa_n, aa_todo)) if todo}
         self.plan.append({"K": k, "n": n, "aa_n": aa_n, "curve_key": have["curve_key"], "curve_missing": curve is None,
                           "autoattack_key": have["autoattack_key"], "autoattack_missing": want_aa and aa is None,
-                          # missing and to be computed here (AUTOATTACK=stored computes none)
-                          "autoattack_todo": want_aa and aa is None and bool(cfg.evaluation.autoattack.compute),
-                          "cfg": cfg, "overrides": overrides})
+                          "autoattack_todo": aa_todo, "costs": costs, "cfg": cfg, "overrides": overrides})
         if curve is None:
             grid = check_grid(cfg.evaluation.eps_grid)
             curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
@@ -374,19 +371,67 @@ def train_union(runs: list[TableRun]) -> list[str]:
 EVALUATE_IN = ("process", "jobs")  # every row evaluated in this process | missing records computed as Hydra jobs first
 
 
-def missing_rows(runs: list[TableRun], split: str) -> dict[str, list[str]]:
-    """The rows whose records the tables lack on `split` (that this run may compute: a curve, or an
-    AutoAttack record with `evaluation.autoattack.compute`), one per curve: the row that also carries
-    the AutoAttack record when two rows share a curve. Keyed by the curve's key."""
-    rows: dict[str, list[str]] = {}
-    for t in runs:
-        for p in t.evaluation_plan():
-            aa = p["autoattack_todo"]
-            if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa):
-                continue
-            if p["curve_key"] not in rows or aa:
-                rows[p["curve_key"]] = p["overrides"]
-    return rows
+SPLITS = ("val", "test")  # the order evaluation jobs run in: a choice on validation, then the test rows it picks
+
+
+def record_seconds(cfg: DictConfig, kind: str, units: int) -> tuple[float | None, str | None]:
+    """(seconds, source) of a `kind` record of `units` members x points computed with this row's config:
+    at the median wall time per member and point of stored records computed the same way
+    (`seconds_per_member_point`), else at the preset's reference figure (source: where it was measured),
+    else (None, None)."""
+    rate, source = seconds_per_member_point(cfg, kind), None
+    reference = reference_costs(cfg)
+    if rate is None and reference and reference.seconds_per_member_point.get(kind):
+        rate, source = float(reference.seconds_per_member_point[kind]), f"{kind} (reference of {reference.measured})"
+    return (None, None) if rate is None else (units * rate, source)
+
+
+def evaluation_job_list(plan: list[dict], split: str) -> list[dict]:
+    """The evaluation jobs that compute the records `plan` lacks on `split` (a curve, or an AutoAttack
+    record with `evaluation.autoattack.compute`), one per curve: the row that also carries the AutoAttack
+    record when two rows share a curve. Each {"overrides", "seconds"} (seconds 0 where unmeasured; an
+    AutoAttack record two jobs carry is costed in the first), the longest first (then by overrides): jobs
+    start about in this order as slots free, so the longest does not run alone at the end."""
+    rows: dict[str, dict] = {}
+    for p in plan:
+        aa = p["autoattack_todo"]
+        if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa):
+            continue
+        if p["curve_key"] not in rows or aa:
+            rows[p["curve_key"]] = p
+    jobs, costed = [], set()
+    for p in rows.values():
+        seconds = sum(cost or 0.0 for kind, (cost, _) in p["costs"].items()
+                      if kind == CURVE or p["autoattack_key"] not in costed)
+        costed.add(p["autoattack_key"])
+        jobs.append({"overrides": p["overrides"], "seconds": seconds})
+    return sorted(jobs, key=lambda j: (-j["seconds"], j["overrides"]))
+
+
+def missing_rows(runs: list[TableRun], split: str) -> list[list[str]]:
+    """The override lists of the evaluation jobs these tables lack on `split`, in launch order."""
+    return [j["overrides"] for j in evaluation_job_list([p for t in runs for p in t.evaluation_plan()], split)]
+
+
+def multirun_groups(jobs: list[tuple[float, int]]) -> list[tuple[list[float], list[int]]]:
+    """These (alpha, seed) training jobs as Hydra multiruns `alpha=... seed=...`: one per distinct seed
+    list, its alphas x seeds (alpha outer, as Hydra's sweeper launches them)."""
+    by_alpha: dict[float, list[int]] = {}
+    for a, seed in jobs:
+        by_alpha.setdefault(a, []).append(seed)
+    by_seeds: dict[tuple, list[float]] = {}
+    for a, seeds in by_alpha.items():
+        by_seeds.setdefault(tuple(seeds), []).append(a)
+    return [(alphas, list(seeds)) for seeds, alphas in by_seeds.items()]
+
+
+def makespan(seconds: list[float], slots: int = 1) -> float:
+    """Wall time of one multirun whose jobs (these durations, in launch order) each start on the first of
+    `slots` free workers (Hydra's Ray launcher queues them all; the multirun ends with its last job)."""
+    free = [0.0] * max(1, slots)
+    for s in seconds:
+        heapq.heappush(free, heapq.heappop(free) + s)
+    return max(free)
 
 
 def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10) -> int:
@@ -394,25 +439,25 @@ def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10) -> 
     one job per curve with its AutoAttack record, through the tables' launcher), before they are filled
     from the store. Validation records first, in rounds until none is missing (a choice such as Table
     1's alpha reads them, and each round's plan makes the choice with the records the last one stored),
-    then the test split, planned with the choice made. A job that dies leaves no record; the next run
-    launches it again. Returns the number of jobs launched."""
+    then the test split, planned with the choice made; each multirun's jobs the longest first
+    (`evaluation_job_list`). A job that dies leaves no record; the next run launches it again. Returns
+    the number of jobs launched."""
     launch = launch or (lambda rows_file, n, t: multirun(
         "robust_ensembles.evaluate_row", [f"rows_file={rows_file}", "row=" + ",".join(map(str, range(n))),
                                           *[o for o in t.user_overrides if o.startswith("paths.")], *t.launcher]))
     launched = 0
-    for split in ("val", "test"):
+    for split in SPLITS:
         for _ in range(max_rounds if split == "val" else 1):
-            rows = missing_rows(runs, split)
-            if not rows:
+            listed = missing_rows(runs, split)  # the longest first
+            if not listed:
                 break
-            listed = sorted(rows.values())
             root = Path(runs[0].evaluate_cfg.store.root).expanduser().resolve()
             rows_file = root / "jobs" / f"evaluate-{store.key_of({'rows': listed})}.json"
             store.write_atomic(rows_file, json.dumps(listed, indent=1) + "\n")
             log.info("evaluation jobs (%s split): %d -> %s", split, len(listed), rows_file)
             launch(rows_file, len(listed), runs[0])
             launched += len(listed)
-    left = {s: len(missing_rows(runs, s)) for s in ("val", "test")}
+    left = {s: len(missing_rows(runs, s)) for s in SPLITS}
     if any(left.values()):
         log.warning("after the evaluation jobs the store still lacks %s records; the tables compute them here", left)
     return launched
@@ -476,15 +521,16 @@ def parallel_jobs(launcher: list[str]) -> int:
 
 
 def total_text(train_s: float | None, evaluate_s: float | None, train_jobs: int = 1, evaluate_jobs: int = 1) -> str:
-    """'; in all about X h' when both parts of an estimate were measured, else nothing; with jobs run
-    `train_jobs` (training) and `evaluate_jobs` (evaluation) at a time, each part's wall time is its sum
-    over that many."""
+    """'; in all about X h' when both parts of an estimate were measured, else nothing: `train_s` and
+    `evaluate_s` are the parts' wall times with `train_jobs` and `evaluate_jobs` jobs at a time, said
+    when more than one."""
     if train_s is None or evaluate_s is None or train_s + evaluate_s == 0:
         return ""
     spread = [f"{n} {what} jobs at a time" for n, what, s in ((train_jobs, "training", train_s),
                                                              (evaluate_jobs, "evaluation", evaluate_s)) if n > 1 and s]
-    return (f"; in all about {(train_s / train_jobs + evaluate_s / evaluate_jobs) / 3600:.2f} h"
-            + (f" with {' and '.join(spread)} (at best: jobs wait for each multirun's last)" if spread else ""))
+    return (f"; in all about {(train_s + evaluate_s) / 3600:.2f} h"
+            + (f" with {' and '.join(spread)} (each multirun's jobs start as slots free and it ends with its last)"
+               if spread else ""))
 
 
 def tables_in(sweeps_dir: str | Path) -> list[str]:
@@ -501,7 +547,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     names = tables_in(sweeps_dir) if table == "all" else [table]
     runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher) for name in names]
     parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
-    if estimate:  # the jobs' sums of seconds, spread over the jobs run at once
+    if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
         for t in runs:
             print(f"{t.table} ({scale}): {t.estimate(**spread)}")
@@ -510,8 +556,9 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
             plan = [p for t in runs for p in t.evaluation_plan()]
             jobs = sorted(set().union(*(set(j) for j, _ in missing)))
             comps = sorted(set().union(*(set(c) for _, c in missing)))
-            train, t_s = runs[0].estimate_training(jobs, comps, what="distinct training jobs")
-            evaluation, e_s = runs[0].estimate_evaluation(plan)
+            train, t_s = runs[0].estimate_training(jobs, comps, what="distinct training jobs",
+                                                   slots=spread["train_jobs"])
+            evaluation, e_s = runs[0].estimate_evaluation(plan, slots=spread["evaluate_jobs"])
             print(f"all ({scale}): {train}; {evaluation}"
                   f"{total_text(t_s, e_s, **spread)}")
         return []

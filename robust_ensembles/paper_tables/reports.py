@@ -163,17 +163,24 @@ def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, P
         doc = {"table": t.table, "scale": t.scale, "command": t.command(), "written": time.strftime("%Y-%m-%d %H:%M"),
                "claims": [v.to_dict() for v in verdicts]}
         path.write_text(json.dumps(doc, indent=1) + "\n")
-    lines = [f"# The paper's claims at scale {t.scale}: verdicts written by the code", "",
+    return {"claims": write_claims_md(out, t.scale), **({"claims_json": path} if verdicts else {})}
+
+
+def write_claims_md(out: Path, scale: str) -> Path:
+    """claims.md of reports/<scale>/ (`out`) from every table's <table>.claims.json there."""
+    lines = [f"# The paper's claims at scale {scale}: verdicts written by the code", "",
              "Each verdict compares two models on the same test points (paired), each point's outcome the worst "
              "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
-             "`robust_ensembles/claims.py`. Regenerated whenever a table is written.", ""]
+             "`robust_ensembles/claims.py`. Regenerated whenever a table is written. The intervals cover the "
+             "choice of test points for these trained models, not their training: the same recipe retrained "
+             "(other seeds, threads or machine) moves the differences as well.", ""]
     for p in sorted(out.glob("*.claims.json")):
         d = json.loads(p.read_text())
         lines += [f"## {d['table']}", "", f"`{d['command']}` (written {d['written']})", ""]
         lines += [f"- **{c['verdict']}**: {c['claim']}. {c['detail']}" for c in d["claims"]] + [""]
     md = out / "claims.md"
     md.write_text("\n".join(lines))
-    return {"claims": md, **({"claims_json": path} if verdicts else {})}
+    return md
 
 
 def log_wandb(t: TableRun, rows, columns, png, verdicts: list[Verdict] = ()) -> None:
