@@ -460,6 +460,9 @@ def test_a_multirun_lasts_until_its_last_job_and_evaluation_jobs_start_longest_f
     assert wall == 2 + 4   # validation (2, alone), then test: e | a b c d
     assert driver.TableRun.estimate_evaluation(NS(), plan)[1] == 2 + 8
     assert "about 0.00 h" in text and "where none is stored yet: autoattack (reference of a test)" in text
+    # a second AutoAttack record of curve e: the job carries one, the other is computed afterwards, alone
+    second = {**row("e", "test", 3, aa=5), "autoattack_key": "aa-e2"}
+    assert driver.TableRun.estimate_evaluation(NS(), [*plan, second], slots=2)[1] == 2 + (3 + 5) + 1
     # training: one multirun per distinct seed list (alpha outer, as Hydra's sweeper launches them)
     assert driver.multirun_groups([(0.25, 0), (0.25, 1), (0.5, 0), (0.5, 1), (0.0, 0)]) == [([0.25, 0.5], [0, 1]),
                                                                                             ([0.0], [0])]

@@ -391,7 +391,8 @@ def evaluation_job_list(plan: list[dict], split: str) -> list[dict]:
     record with `evaluation.autoattack.compute`), one per curve: the row that also carries the AutoAttack
     record when two rows share a curve. Each {"overrides", "seconds"} (seconds 0 where unmeasured; an
     AutoAttack record two jobs carry is costed in the first), the longest first (then by overrides): jobs
-    start about in this order as slots free, so the longest does not run alone at the end."""
+    start as slots free, about in this order (Ray does not promise it), so the longest is unlikely to run
+    alone at the end."""
     rows: dict[str, dict] = {}
     for p in plan:
         aa = p["autoattack_todo"]
@@ -403,7 +404,8 @@ def evaluation_job_list(plan: list[dict], split: str) -> list[dict]:
     for p in rows.values():
         seconds = sum(cost or 0.0 for kind, (cost, _) in p["costs"].items()
                       if kind == CURVE or p["autoattack_key"] not in costed)
-        costed.add(p["autoattack_key"])
+        if AUTOATTACK in p["costs"]:
+            costed.add(p["autoattack_key"])
         jobs.append({"overrides": p["overrides"], "seconds": seconds})
     return sorted(jobs, key=lambda j: (-j["seconds"], j["overrides"]))
 
