@@ -206,13 +206,15 @@ class TableRun:
     def train_missing(self) -> None:
         self.trained += self.train(*self.missing())
 
-    def estimate(self, train_jobs: int = 1, evaluate_jobs: int = 1) -> str:
+    def estimate(self, train_jobs: int = 1, evaluate_jobs: int = 1, missing: tuple | None = None,
+                 plan: list[dict] | None = None) -> str:
         """Missing training jobs and evaluation records, and their cost from what stored jobs and records
         of the same setup measured on this store's machines (`fit_seconds`, record wall times), with
-        `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time."""
-        jobs, comps = self.missing()
+        `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time. `missing` and `plan`:
+        this table's `missing()` and `evaluation_plan()` where the caller has them already."""
+        jobs, comps = self.missing() if missing is None else missing
         train, t_s = self.estimate_training(jobs, comps, slots=train_jobs)
-        evaluation, e_s = self.estimate_evaluation(slots=evaluate_jobs)
+        evaluation, e_s = self.estimate_evaluation(plan, slots=evaluate_jobs)
         return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs)}"
 
     def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str], what: str = "training jobs",
@@ -551,11 +553,12 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
     if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
-        for t in runs:
-            print(f"{t.table} ({scale}): {t.estimate(**spread)}")
+        missing = [t.missing() for t in runs]
+        plans = [t.evaluation_plan() for t in runs]  # each computed once: the union below reuses them
+        for t, m, plan in zip(runs, missing, plans):
+            print(f"{t.table} ({scale}): {t.estimate(**spread, missing=m, plan=plan)}")
         if len(runs) > 1:  # tables share models and records: the union is what `all` trains and evaluates
-            missing = [t.missing() for t in runs]
-            plan = [p for t in runs for p in t.evaluation_plan()]
+            plan = [p for table_plan in plans for p in table_plan]
             jobs = sorted(set().union(*(set(j) for j, _ in missing)))
             comps = sorted(set().union(*(set(c) for _, c in missing)))
             train, t_s = runs[0].estimate_training(jobs, comps, what="distinct training jobs",
