@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from robust_ensembles.attacks import PGD
 from robust_ensembles.compilation import compiled, mark_step
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.registry import stable_name
 
 
 def adv_key(eps: float) -> str:
@@ -31,6 +32,7 @@ def _slot(metric_name: str) -> str:
     return metric_name.replace("/", "_").replace("@", "_at_").replace(".", "p")
 
 
+@stable_name("adversarial_training", formerly=("robust_ensembles.training.AdversarialTraining",))
 class AdversarialTraining(pl.LightningModule):
     """Args:
         model: a `Classifier` taking [0, 1] pixels.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.registry import stable_name
 
 
 
@@ -93,6 +94,7 @@ def check_eps(eps, key: str) -> float:
     return float(eps)
 
 
+@stable_name("pgd")
 class PGD:
     """PGD maximising the cross-entropy of `model(x + delta)` over the `norm` ball of radius eps.
 
@@ -211,6 +213,7 @@ class PGD:
         return torch.where(mask, delta, best_delta), torch.where(better, loss, best_loss)
 
 
+@stable_name("autoattack")
 class AutoAttack:
     """Standard AutoAttack (Croce & Hein 2020) through `pyautoattack`, as a callable like `PGD`.
 
@@ -258,6 +261,7 @@ class AutoAttack:
         return x_adv.detach()
 
 
+@stable_name("apgd")
 class APGD:
     """The strong evaluation attack: per point, the worst case over APGD on the cross-entropy
     (APGD-CE) and targeted APGD on the DLR margin loss (APGD-T) against the `target_classes` most

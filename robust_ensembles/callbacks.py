@@ -7,6 +7,8 @@ import time
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
+from robust_ensembles.registry import stable_name
+
 
 class Throughput(pl.Callback):
     """Training images per second, over training batches only (validation time excluded).
@@ -31,6 +33,7 @@ class Throughput(pl.Callback):
         return self.images / self.seconds if self.seconds else None
 
 
+@stable_name("early_stopping_after")
 class EarlyStoppingAfter(EarlyStopping):
     """Lightning's EarlyStopping, watching only once `after_epochs` epochs are done (e.g. the anneal of
     `schedules.warmup_cosine_floor`).

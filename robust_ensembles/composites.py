@@ -13,6 +13,7 @@ from torch import nn
 
 from robust_ensembles.adversarial_training import AdversarialTraining
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.registry import stable_name
 
 HEAD_INITS = ("random", "robust")
 
@@ -60,6 +61,7 @@ class Composite(nn.Module):
         return self.head(self.features(x))
 
 
+@stable_name("composite_training")
 class CompositeTraining(AdversarialTraining):
     """PGD adversarial training of a composite's head; the attack runs through the whole composite.
 

@@ -28,6 +28,7 @@ import torchvision
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from robust_ensembles.errors import ConfigError, DatasetNotFoundError
+from robust_ensembles.registry import stable_name
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ class _Batches(Dataset):
         return self.x[idx], self.y[idx]
 
 
+@stable_name("cifar10")
 class CIFAR10DataModule(pl.LightningDataModule):
     def __init__(
         self,

@@ -22,4 +22,12 @@ class CheckpointError(UserError, RuntimeError):
 
 
 class StoreBusyError(UserError, RuntimeError):
-    """Another job holds a store entry right now (names the entry; rerun when it ends)."""
+    """Another job held a store entry longer than `store.lock.timeout_s` (names the entry, its holder and the fix)."""
+
+
+class StoreIntegrityError(UserError, RuntimeError):
+    """A store entry's files do not match the digests recorded when it was completed (names the entry and the fix)."""
+
+
+class StoreSchemeError(UserError, RuntimeError):
+    """The store was written under an older identity scheme (names the migrate command)."""

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from robust_ensembles import store
+from robust_ensembles import registry, store
 from robust_ensembles.composites import Composite
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
@@ -32,7 +32,8 @@ def load_model(run: store.Run, which: str = "model.pt") -> nn.Module:
         parts = {role: load_model(run.sibling(key)) for role, key in run.identity["backbones"].items()}
         model = Composite(**parts)
     else:
-        model = instantiate(run.config().model)
+        # the stored config names its targets by the import paths of its day: build them where they live now
+        model = instantiate(registry.buildable(OmegaConf.to_container(run.config().model, resolve=True)))
     model.load_state_dict(run.weights(which))
     return model.eval()
 

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.registry import stable_name
 
 
 class Normalize(nn.Module):
@@ -48,6 +49,7 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+@stable_name("resnet18")
 def resnet18(num_classes: int, normalization: dict) -> Classifier:
     """torchvision's ResNet18 with the CIFAR stem: 3x3 stride-1 first conv and no max-pool."""
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
@@ -58,6 +60,7 @@ def resnet18(num_classes: int, normalization: dict) -> Classifier:
     return Classifier(net, feature_dim, num_classes, normalization)
 
 
+@stable_name("small_cnn")
 def small_cnn(num_classes: int, normalization: dict, width: int, depth: int,
               convs: Sequence[int] | None = None) -> Classifier:
     """`depth` stages of conv-BN-ReLU layers (width doubling per stage, 2x2 max-pool between) + global

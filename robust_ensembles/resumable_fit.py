@@ -1,4 +1,5 @@
-"""Fit a LightningModule into a store entry: skip when complete, resume when a job died, keep
+"""Fit a LightningModule into a store entry: skip when complete, wait while another job fits it
+(then skip or resume), resume when a job died, keep
 the best validation epoch, test it, then write weights, metrics and the completion marker.
 
 Shared by `train` (one model) and `finetune` (a composite's head).
@@ -32,7 +33,11 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
         return run.metrics()
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # data missing or corrupt: one error before any store entry is created
-    with run.lock():
+    lock = cfg.store.get("lock") or {}
+    with run.lock(timeout_s=lock.get("timeout_s", 0), poll_s=lock.get("poll_s", 5.0)):
+        if run.complete:  # another job finished it while this one waited
+            log.info("[store] skip %s: completed by another job at %s", tag, run.path)
+            return run.metrics()
         with open_dict(cfg):
             cfg.paths.run_dir = str(run.path)
         resume = run.resume_checkpoint()

@@ -105,7 +105,7 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
     per job (`jobs.measured_with`), or None when there is none."""
     device = this_device() if device is None else device
     threads = jobs.threads_of(cfg)
-    ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    ev = store.canonical_json(OmegaConf.to_container(cfg.evaluation, resolve=True))  # targets by stable name, as in specs
     same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
                                                               ("attack", "eps_grid", "per_eps", "precision"))
                                # memory format changes the time, not the numbers (records before the option: NCHW)

@@ -12,8 +12,10 @@ import math
 import torch
 
 from robust_ensembles.errors import ConfigError
+from robust_ensembles.registry import stable_name
 
 
+@stable_name("warmup_cosine_floor")
 def warmup_cosine_floor(optimizer: torch.optim.Optimizer, steps_per_epoch: int, anneal_epochs: float,
                         pct_start: float, floor: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Multiplier of each group's lr per optimizer step: 0 -> 1 linearly over the first `pct_start` of

@@ -89,10 +89,21 @@ def test_evaluate_writes_result_and_plot_reuses_it_and_is_reproducible(trained_s
     # a record of an older evaluation semantics (a number computed another way) is said stale and recomputed
     stale = json.loads(path.read_text())
     stale["version"], stale["curve"]["cumulative"] = VERSIONS["curve"] - 1, [0.0] * 4
+    stale[store.DIGEST] = store.sha256_json({k: v for k, v in stale.items() if k != store.DIGEST})
     path.write_text(json.dumps(stale))
     redone = evaluate(eval_cfg(tmp_path, trained_store, "K=2"))
     assert redone["version"] == VERSIONS["curve"] and redone["curve"] == r["curve"]
     assert "stale curve record" in caplog.text and "recomputing" in caplog.text
+    # a damaged record (a number changed on disk, its digest not) is said damaged and recomputed, never read
+    damaged = json.loads(path.read_text())
+    damaged["curve"]["cumulative"][1] = 1.0
+    path.write_text(json.dumps(damaged))
+    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2"))["curve"] == r["curve"]
+    assert "damaged curve record" in caplog.text and "does not match its digest" in caplog.text
+    # a truncated one (a copy cut short) too
+    path.write_text(path.read_text()[:200])
+    assert evaluate(eval_cfg(tmp_path, trained_store, "K=2"))["curve"] == r["curve"]
+    assert "unreadable" in caplog.text
 
 
 def test_evaluate_refuses_k_beyond_the_trained_seeds(trained_store, tmp_path):

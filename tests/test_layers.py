@@ -30,7 +30,7 @@ def test_a_library_module_importing_an_entry_point_breaks_a_contract(tmp_path):
     shutil.copytree(PROJECT_ROOT / "robust_ensembles", tmp_path / "robust_ensembles",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
-    store = tmp_path / "robust_ensembles" / "store.py"
+    store = tmp_path / "robust_ensembles" / "store" / "__init__.py"
     store.write_text(store.read_text() + "\n\ndef _later():\n    from robust_ensembles.train import train\n")
     out = lint(tmp_path)
     assert out.returncode != 0

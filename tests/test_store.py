@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robust_ensembles import store
-from robust_ensembles.errors import CheckpointError
+from robust_ensembles.errors import CheckpointError, StoreBusyError
 from tests.conftest import compose_train
 
 
@@ -59,12 +59,14 @@ def test_torn_last_checkpoint_is_set_aside(tmp_path):
     assert (run.checkpoint_dir / "last.ckpt.corrupt").is_file()
 
 
-def test_lock_refuses_a_second_holder(tmp_path):
+def test_lock_refuses_a_second_holder_after_its_timeout(tmp_path):
     run = store.open_run(tmp_path, {"alpha": 0.1})
     with run.lock():
-        with pytest.raises(RuntimeError, match="another job is training"):
-            with run.lock():
+        with pytest.raises(StoreBusyError, match=r"held by another job, pid \d+ .*store.lock.timeout_s"):
+            with run.lock(timeout_s=0.2, poll_s=0.05):
                 pass
+    with run.lock(timeout_s=0):  # released: taken at once
+        pass
 
 
 WRITER = """

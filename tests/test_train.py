@@ -130,10 +130,13 @@ def test_a_killed_run_resumes_into_the_same_entry(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not completed(tmp_path / "store"), "the run finished before it could be killed"
-    (entry,) = list((tmp_path / "store").iterdir())
+    (entry,) = [p for p in (tmp_path / "store").iterdir() if p.is_dir()]
+    assert json.loads((entry / ".lock").read_text())["pid"] == proc.pid  # the killed job's lock is left behind
     resumed = run_module(["robust_ensembles.train", *args])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[store] resume" in resumed.stdout + resumed.stderr
+    assert f"broke the lock of {entry}: left by pid {proc.pid}" in resumed.stdout + resumed.stderr
+    assert not (entry / ".lock").exists()
     assert completed(tmp_path / "store") == [entry]
     metrics = json.loads((entry / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("last.ckpt") and metrics["last_epoch"] == 19
