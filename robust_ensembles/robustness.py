@@ -12,8 +12,8 @@ as one model: its accuracy-vs-eps curve and its AutoAttack column, each a store 
 * `point_attack_records`: every `autoattack` record of the same model and points, whatever its radius
   and settings: the column's and any attack run later, all folded into the per-point worst case.
 
-Each kind has a semantics version below: bump it when a change alters what a stored record means,
-and every older record is reported stale and recomputed.
+Each kind has a semantics version (`robust_ensembles.record_kinds`): bump it when a change alters what
+a stored record means, and every older record is reported stale and recomputed.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ from robust_ensembles.curves import Curve, EnsembleEvaluation, plot_curves, stan
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.identity import check, members_query
+from robust_ensembles.record_kinds import AUTOATTACK, CURVE, VERSIONS
 
 log = logging.getLogger(__name__)
 
-CURVE, AUTOATTACK = "curve", "autoattack"
-VERSIONS = {CURVE: 2, AUTOATTACK: 2}  # 2: the evaluation attack is any attack config (APGD by default);
-# AutoAttack records hold AutoAttack alone (the evaluation attack's outcome on its points comes from the curve)
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -238,7 +238,7 @@ def load_weights(path: Path | str) -> dict:
 
 
 # ----------------------------------------------------------------------------- runs
-def _describe(identity: Mapping) -> str:
+def describe_identity(identity: Mapping) -> str:
     """alpha=.. seed=.. (or a composite's eps and backbones) for messages."""
     if "composite" in identity:
         c = identity["composite"]
@@ -268,7 +268,7 @@ class Run:
                                       f"{_fix(path)}") from None
         run = cls(path, identity)
         if run.complete and identity.get("scheme") == IDENTITY_SCHEME and key_of(identity) != path.name:
-            raise StoreIntegrityError(f"store entry {path.name} ({_describe(identity)}) is damaged: its identity.json "
+            raise StoreIntegrityError(f"store entry {path.name} ({describe_identity(identity)}) is damaged: its identity.json "
                                       f"hashes to {key_of(identity)}, not to its folder name. {_fix(path)}")
         return run
 
@@ -303,10 +303,10 @@ class Run:
         try:
             marker = json.loads((self.path / MARKER).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise StoreIntegrityError(f"store entry {self.key} ({_describe(self.identity)}) is damaged: its {MARKER} "
+            raise StoreIntegrityError(f"store entry {self.key} ({describe_identity(self.identity)}) is damaged: its {MARKER} "
                                       f"marker is unreadable ({e}). {_fix(self.path)}") from None
         if not isinstance(marker.get("files"), dict):
-            raise StoreIntegrityError(f"store entry {self.key} ({_describe(self.identity)}) records no digests of its "
+            raise StoreIntegrityError(f"store entry {self.key} ({describe_identity(self.identity)}) records no digests of its "
                                       f"files (written before digests); python -m robust_ensembles.store migrate --apply "
                                       f"paths.store_dir={self.path.parent} records them.")
         return marker
@@ -342,7 +342,7 @@ class Run:
         if self.complete:
             bad = self.problems([name])
             if bad:
-                raise StoreIntegrityError(f"store entry {self.key} ({_describe(self.identity)}) is damaged: "
+                raise StoreIntegrityError(f"store entry {self.key} ({describe_identity(self.identity)}) is damaged: "
                                           f"{'; '.join(bad)}. {_fix(self.path)}")
         return self.path / name
 
@@ -356,7 +356,7 @@ class Run:
         """Exclusive hold on the entry, so two jobs never train the same model at once: a job that meets
         another's lock waits for it up to `timeout_s` (then StoreBusyError); a lock left by a dead process
         of this host is broken with a warning. Re-check `complete` once held."""
-        return EntryLock(self.path, timeout_s=timeout_s, poll_s=poll_s, what=f"{_describe(self.identity)} ({self.key})")
+        return EntryLock(self.path, timeout_s=timeout_s, poll_s=poll_s, what=f"{describe_identity(self.identity)} ({self.key})")
 
     def begin(self, cfg: DictConfig) -> None:
         mark_current(self.path.parent)
@@ -495,7 +495,7 @@ def put_record(root: str | Path, kind: str, spec: Mapping, version: int, payload
     key, spec with targets by stable name, digest)."""
     mark_current(root)
     key = key_of(spec)
-    record = canonical_json({**payload, "kind": kind, "version": version, "key": key, "spec": spec})
+    record = json.loads(json.dumps({**payload, "kind": kind, "version": version, "key": key, "spec": canonical_json(spec)}))
     record[DIGEST] = sha256_json(record)
     write_atomic(record_path(root, kind, spec, key), json.dumps(record, indent=2, sort_keys=True))
     return record

@@ -1,0 +1,354 @@
+"""Looking after a store: what it holds (`inventory`), whether every byte is what was written
+(`verify`), what can go (`garbage`), and moving a store of an older identity scheme to this one
+(`migrate`). `python -m robust_ensembles.store` is the command over these.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from robust_ensembles import registry
+from robust_ensembles.errors import StoreBusyError, StoreIntegrityError
+from robust_ensembles.store import (IDENTITY_SCHEME, describe_identity, MARKER, RECORDS, STORE_FILE, Run, entries, key_of,
+                                    read_record, record_path, scheme_of, sha256_json, write_atomic)
+from robust_ensembles.store.locks import alive, describe, holder_of
+
+MIGRATIONS = "MIGRATIONS.json"   # <store>/MIGRATIONS.json: every key a migration renamed, old -> new
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _date(path: Path) -> str:
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _target_name(value: Any) -> str:
+    """A target's stable name (an old store's import path too, where it can be told)."""
+    target = value.get("_target_", "?") if isinstance(value, Mapping) else "?"
+    try:
+        return registry.former_name(target)
+    except registry.UnnamedTargetError:
+        return target
+
+
+# ----------------------------------------------------------------------------- ls
+def inventory(root: Path) -> dict:
+    """Models (single and composite) with recipe, alpha, seed, kept epoch, accuracies, size and date;
+    incomplete entries with their lock holder; records by kind and semantics version."""
+    models, incomplete = [], []
+    for path in entries(root):
+        ident = json.loads((path / "identity.json").read_text())
+        row = {"key": path.name, "alpha": ident.get("alpha"), "seed": ident.get("seed"),
+               "composite": ident.get("composite") and {"robust": ident["composite"]["robust"]["alpha"],
+                                                        "natural": ident["composite"]["natural"]["alpha"],
+                                                        "eps": ident["composite"]["eps"]},
+               "model": _target_name(ident.get("model")), "scheme": ident.get("scheme", 1),
+               "bytes": _size(path)}
+        try:
+            row["recipe"] = next((line.split(":", 1)[1].strip() for line in (path / "config.yaml").read_text().splitlines()
+                                  if line.startswith("name:")), "?")
+        except OSError:
+            row["recipe"] = "?"
+        if (path / MARKER).is_file():
+            try:
+                m = json.loads((path / "metrics.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                m = {}
+            row.update(epoch=m.get("best_epoch"), clean=m.get("test/nat_acc"),
+                       robust={k.split("@", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("test/adv_acc@")},
+                       fit_s=m.get("fit_seconds"), date=_date(path / MARKER))
+            models.append(row)
+        else:
+            holder = holder_of(path)
+            row.update(date=_date(path / "identity.json"), holder=holder, holder_alive=alive(holder) if holder else None,
+                       resumable=(path / "checkpoints" / "last.ckpt").is_file())
+            incomplete.append(row)
+    kinds: dict[str, dict] = {}
+    for path in sorted((root / RECORDS).glob("*/*.json")):
+        record, wrong = read_record(path)
+        k = kinds.setdefault(path.parent.name, {"versions": {}, "damaged": 0, "bytes": 0})
+        k["bytes"] += path.stat().st_size + (path.with_suffix(".png").stat().st_size if path.with_suffix(".png").is_file() else 0)
+        if record is None:
+            k["damaged"] += 1
+        else:
+            v = str(record.get("version"))
+            k["versions"][v] = k["versions"].get(v, 0) + 1
+    order = lambda r: (r["recipe"], r["model"], r["composite"] is not None, float(r["alpha"] or 0), r["seed"] or 0)
+    return {"root": str(root), "scheme": scheme_of(root), "models": sorted(models, key=order),
+            "incomplete": sorted(incomplete, key=order), "records": kinds}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def format_inventory(inv: dict, versions: Mapping[str, int]) -> str:
+    lines = [f"store {inv['root']} (identity scheme {inv['scheme']})", ""]
+    models = inv["models"]
+    lines.append(f"models: {len(models)} complete, {sum(_size_of(r) for r in models) / 1e6:.1f} MB")
+    if models:
+        head = f"  {'recipe':<8} {'model':<11} {'alpha':>6} {'seed':>4} {'epoch':>5} {'clean %':>7}  {'robust % (test eps)':<24} {'size':>8}  {'completed':<16}  key"
+        lines.append(head)
+        for r in models:
+            what = (f"({r['composite']['robust']}, {r['composite']['natural']})@{r['composite']['eps']}"
+                    if r["composite"] else f"{float(r['alpha']):g}")
+            robust = ", ".join(f"{e}: {_pct(a)}" for e, a in r["robust"].items()) or "-"
+            lines.append(f"  {r['recipe']:<8} {('composite' if r['composite'] else r['model']):<11} {what:>6} "
+                         f"{r['seed']!s:>4} {r['epoch']!s:>5} {_pct(r['clean']):>7}  {robust:<24} {_mb(r['bytes']):>8}  "
+                         f"{r['date']:<16}  {r['key']}")
+    lines.append("")
+    lines.append(f"records: {sum(sum(k['versions'].values()) + k['damaged'] for k in inv['records'].values())}")
+    for kind, k in sorted(inv["records"].items()):
+        current = versions.get(kind)
+        parts = [f"{n} at version {v}{' (current)' if str(current) == v else ' (stale: gc removes them)'}"
+                 for v, n in sorted(k["versions"].items())]
+        if k["damaged"]:
+            parts.append(f"{k['damaged']} damaged (recomputed when needed; gc removes them)")
+        lines.append(f"  {kind:<11} {'; '.join(parts) or '-'}  ({_mb(k['bytes'])})")
+    lines.append("")
+    lines.append(f"incomplete entries: {len(inv['incomplete'])}")
+    for r in inv["incomplete"]:
+        holder = ("no job holds it" if not r["holder"] else
+                  f"held by {describe(r['holder'])}, " + {True: "running", False: "gone", None: "on another host"}[r["holder_alive"]])
+        lines.append(f"  {r['key']}  {r['recipe']} alpha={r['alpha']} seed={r['seed']}  since {r['date']}  {holder}"
+                     f"{'  (resumable: has last.ckpt)' if r['resumable'] else ''}")
+    return "\n".join(lines)
+
+
+def _size_of(row: dict) -> int:
+    return row["bytes"]
+
+
+# ----------------------------------------------------------------------------- verify
+@dataclass
+class Verification:
+    entries: int = 0
+    incomplete: int = 0
+    records: int = 0
+    files: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+
+def verify(root: Path, progress: Callable[[str], None] = lambda line: None) -> Verification:
+    """Every complete entry's files against its manifest and its identity against its key; every record
+    against its digest. Incomplete entries are counted, not judged (a sweep resumes them)."""
+    out = Verification()
+    if (scheme := scheme_of(root)) not in (None, IDENTITY_SCHEME):
+        out.problems.append(f"the store is of identity scheme {scheme}, this code reads {IDENTITY_SCHEME}: "
+                            f"python -m robust_ensembles.store migrate --apply")
+        return out
+    for path in entries(root):
+        if not (path / MARKER).is_file():
+            out.incomplete += 1
+            continue
+        out.entries += 1
+        try:
+            run = Run.at(path)
+            files = run.manifest()["files"]
+            bad = run.problems()
+        except StoreIntegrityError as e:
+            out.problems.append(f"damaged entry {path.name}: {e}")
+            continue
+        out.files += len(files)
+        out.bytes += sum(f["bytes"] for f in files.values())
+        for b in bad:
+            out.problems.append(f"damaged entry {path.name} ({describe_identity(run.identity)}): {b}")
+        progress(f"{path.name}: {'damaged' if bad else 'ok'}")
+    for path in sorted((root / RECORDS).glob("*/*.json")):
+        out.records += 1
+        record, wrong = read_record(path)
+        if record is None:
+            out.problems.append(f"damaged record {RECORDS}/{path.parent.name}/{path.name}: {wrong}")
+        elif record.get("key") != path.stem:
+            out.problems.append(f"damaged record {RECORDS}/{path.parent.name}/{path.name}: its content names key "
+                                f"{record.get('key')}")
+    return out
+
+
+# ----------------------------------------------------------------------------- gc
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def garbage(root: Path, versions: Mapping[str, int]) -> list[tuple[Path, str]]:
+    """What gc removes, with why: records of another semantics version, damaged records, records whose
+    members are no longer in the store; incomplete entries whose job is gone (no lock, or a dead holder
+    of this host); the lock of a dead holder; temporary files of writers that died."""
+    out: list[tuple[Path, str]] = []
+    complete = {p.name for p in entries(root) if (p / MARKER).is_file()}
+    for path in sorted((root / RECORDS).glob("*/*.json")):
+        record, wrong = read_record(path)
+        kind = path.parent.name
+        if record is None:
+            out.append((path, f"damaged {kind} record ({wrong})"))
+        elif kind in versions and record.get("version") != versions[kind]:
+            out.append((path, f"stale {kind} record (version {record.get('version')}, this code writes {versions[kind]})"))
+        elif missing := [k for k in record.get("spec", {}).get("members", []) if isinstance(k, str) and k not in complete]:
+            out.append((path, f"{kind} record of members no longer in the store ({', '.join(missing)})"))
+    for path in entries(root):
+        holder = holder_of(path)
+        if (path / MARKER).is_file():
+            if holder is not None and holder and alive(holder) is False:
+                out.append((path / ".lock", f"lock of {describe(holder)}, gone"))
+            continue
+        if holder is None or (holder and alive(holder) is False):
+            why = "no job holds it" if holder is None else f"its job, {describe(holder)}, is gone"
+            resumable = " (has last.ckpt: a sweep would resume it instead)" if (path / "checkpoints/last.ckpt").is_file() else ""
+            out.append((path, f"incomplete entry, {why}{resumable}"))
+    for path in sorted(root.rglob(".*.tmp*")):
+        m = _TMP.match(path.name)
+        if m and _process_gone(int(m["pid"])):
+            out.append((path, "temporary file of a writer that is gone"))
+    return out
+
+
+def collect(items: list[tuple[Path, str]]) -> int:
+    """Remove what `garbage` listed; returns the bytes freed."""
+    freed = 0
+    for path, _ in items:
+        if path.is_dir():
+            freed += _size(path)
+            shutil.rmtree(path)
+        elif path.exists():
+            freed += path.stat().st_size
+            png = path.with_suffix(".png")
+            if path.suffix == ".json" and png.is_file():
+                freed += png.stat().st_size
+                png.unlink()
+            path.unlink()
+    return freed
+
+
+# ----------------------------------------------------------------------------- migrate
+@dataclass
+class Migration:
+    models: dict[str, str] = field(default_factory=dict)     # old key -> new key
+    composites: dict[str, str] = field(default_factory=dict)
+    records: dict[str, str] = field(default_factory=dict)    # records/<kind>/<old>.json -> <new>
+    sealed: int = 0                                          # complete entries given a manifest
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def moved(self) -> int:
+        return len(self.models) + len(self.composites) + len(self.records)
+
+
+def _renamed(value: Any, keys: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return keys.get(value, value)
+    if isinstance(value, Mapping):
+        return {k: _renamed(v, keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, keys) for v in value]
+    return value
+
+
+def migrate(root: Path, apply: bool) -> Migration:
+    """Rename a store of identity scheme 1 (targets by module path) to this scheme: every entry's key,
+    composites' backbone keys, every record's key and members; complete entries get a manifest of their
+    files as found. Retrains and recomputes nothing; `apply=False` says what it would do. Resumable:
+    a killed migration is finished by running it again (renames so far are kept in MIGRATIONS.json)."""
+    done_file = root / MIGRATIONS
+    keys: dict[str, str] = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    out = Migration()
+    busy = [f"{p.name} ({describe(h)})" for p in entries(root) if (h := holder_of(p)) and alive(h) is not False]
+    if busy and apply:
+        raise StoreBusyError(f"jobs hold entries of {root} right now: {', '.join(busy)}; migrate when they end.")
+    paths = entries(root)
+    plain = [p for p in paths if "backbones" not in json.loads((p / "identity.json").read_text())]
+    composite = [p for p in paths if p not in plain]
+    for group, bucket in ((plain, out.models), (composite, out.composites)):
+        for path in group:
+            ident = json.loads((path / "identity.json").read_text())
+            if ident.get("scheme") == IDENTITY_SCHEME and path.name == key_of(ident):
+                if apply and (path / MARKER).is_file() and "files" not in json.loads((path / MARKER).read_text()):
+                    Run(path, ident).seal(digests="taken at migration")
+                    out.sealed += 1
+                continue
+            new_ident = {**registry.meaning_of_former({k: v for k, v in ident.items() if k != "scheme"}),
+                         "scheme": IDENTITY_SCHEME}
+            if "backbones" in new_ident:
+                new_ident["backbones"] = _renamed(new_ident["backbones"], keys)
+            new = key_of(new_ident)
+            target = root / new
+            if target.exists() and target != path:
+                out.skipped.append(f"{path.name}: {new} exists already (a copy trained under the new scheme); "
+                                   f"kept both, gc or a manual delete removes the old one")
+                continue
+            keys[path.name] = new
+            bucket[path.name] = new
+            if not apply:
+                continue
+            os.rename(path, target)
+            write_atomic(target / "identity.json", json.dumps(new_ident, indent=2, sort_keys=True))
+            if (target / MARKER).is_file():
+                Run(target, new_ident).seal(digests="taken at migration")
+                out.sealed += 1
+            write_atomic(done_file, json.dumps(keys, indent=2, sort_keys=True))
+    for path in sorted((root / RECORDS).glob("*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            out.skipped.append(f"{RECORDS}/{path.parent.name}/{path.name}: unreadable (gc removes it)")
+            continue
+        body = _renamed({k: v for k, v in record.items() if k != "sha256"}, keys)
+        body["spec"] = registry.meaning_of_former(body.get("spec", {}))
+        new = key_of(body["spec"])
+        body["key"] = new
+        if new == path.stem and record.get("sha256") == sha256_json(body):
+            continue
+        out.records[f"{path.parent.name}/{path.stem}"] = new
+        if not apply:
+            continue
+        body["sha256"] = sha256_json(body)
+        dest = record_path(root, path.parent.name, {}, key=new)
+        write_atomic(dest, json.dumps(body, indent=2, sort_keys=True))
+        png = path.with_suffix(".png")
+        if png.is_file() and dest != path:
+            os.replace(png, dest.with_suffix(".png"))
+        if dest != path:
+            path.unlink()
+    if apply:
+        write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
+    return out
+
+
+def format_migration(m: Migration, root: Path, apply: bool) -> str:
+    verb = "moved" if apply else "would move"
+    lines = [f"{root}: {verb} {len(m.models)} models, {len(m.composites)} composites and {len(m.records)} records "
+             f"to identity scheme {IDENTITY_SCHEME}" + (f"; {m.sealed} complete entries given a manifest of their "
+                                                          f"files as found" if apply else "")]
+    for old, new in {**m.models, **m.composites}.items():
+        lines.append(f"  {old} -> {new}")
+    for old, new in m.records.items():
+        lines.append(f"  {RECORDS}/{old} -> {new}")
+    for s in m.skipped:
+        lines.append(f"  skipped {s}")
+    if not apply and m.moved:
+        lines.append("dry run: add --apply to move them (nothing is retrained or recomputed)")
+    return "\n".join(lines)
