@@ -512,6 +512,37 @@ def optuna_search(settings: Settings, a: DictConfig, crossing: float, slope: flo
     return search.trained, False
 
 
+def bench_store_digest(cfg: DictConfig, rep: Report) -> Report:
+    """The digest check on every model load (`bench.mode=store_digest`, `make bench-store`): for each model
+    of `bench.store_digest.models`, a store entry in a temporary folder, then `Run.weights()` (sha256 of the
+    file against the manifest, then torch.load) against torch.load alone, alternating."""
+    import tempfile
+
+    b = cfg.bench.store_digest
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model_cfg in b.models.items():
+            model = instantiate(model_cfg, num_classes=cfg.data.num_classes, normalization=cfg.data.normalization)
+            state = model.state_dict()
+            run = store.open_run(tmp, {"bench": name, "scheme": store.IDENTITY_SCHEME})
+            run.begin(OmegaConf.create({"model": OmegaConf.to_container(model_cfg)}))
+            run.finish(state, state, {})
+            path, mb = run.path / "model.pt", (run.path / "model.pt").stat().st_size / 1e6
+
+            def checked():
+                store._VERIFIED.clear()  # every load hashes its file, as a new process does
+                run.weights()
+
+            t = interleaved({"checked": checked, "plain": lambda: store.load_weights(path),
+                             "sha256": lambda: store.sha256_file(path)}, b.repeats, 1, 1, torch.device("cpu"))
+            rep.add(f"{name} ({mb:.1f} MB): load with digest check / torch.load alone", ratio_stats(t["checked"], t["plain"]))
+            rep.add(f"{name} ({mb:.1f} MB): sha256 of the weights file, ms", tuple(1e3 * v for v in
+                                                                                   (statistics.median(t["sha256"]), min(t["sha256"]), max(t["sha256"]))))
+            rep.note(f"{name}: torch.load {1e3 * statistics.median(t['plain']):.1f} ms, with the check "
+                     f"{1e3 * statistics.median(t['checked']):.1f} ms; sha256 at "
+                     f"{mb / statistics.median(t['sha256']):.0f} MB/s")
+    return rep
+
+
 def header(cfg: DictConfig, device: torch.device) -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     head = f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; mode {cfg.bench.mode}"
@@ -519,6 +550,8 @@ def header(cfg: DictConfig, device: torch.device) -> str:
         return f"{head}; {' '.join(cfg.bench.precision.overrides)}; eps {cfg.bench.precision.eps}; paired on the same points"
     if cfg.bench.mode == "alpha_search":
         return f"{head}; no torch work: stand-in stores (robust_ensembles.alpha_search.SyntheticBackend)"
+    if cfg.bench.mode == "store_digest":
+        return f"{head}; {cfg.bench.store_digest.repeats} loads each, alternating; the file in the page cache"
     if cfg.bench.mode == "eval_attacks":
         e = cfg.bench.eval_attacks
         return f"{head}; {len(e.rows)} rows, first {e.n} test points, eps {e.eps}; one curve per attack and row"
@@ -548,9 +581,11 @@ def bench(cfg: DictConfig) -> Report:
         rep = bench_alpha_search(cfg, rep)
     elif cfg.bench.mode == "precision":
         rep = bench_precision(cfg, rep)
+    elif cfg.bench.mode == "store_digest":
+        rep = bench_store_digest(cfg, rep)
     else:
         raise ConfigError(f"bench.mode={cfg.bench.mode!r} is unknown; use ratios, gpu_epoch, profile, eval_attacks, "
-                          f"alpha_search or precision.")
+                          f"alpha_search, precision or store_digest.")
     rep.finish()
     print(rep.text(), flush=True)
     return rep

@@ -9,7 +9,7 @@ host, pid, process start time and since when it holds the lock. A job that finds
   under a short flock on `<entry>/.lock.guard` so that two waiters never break a live lock.
 
 A holder on another host cannot be checked: the waiter waits, and its timeout message says how to
-break a lock whose holder is known to be gone (`python -m robust_ensembles.store gc --apply`).
+free an entry whose holder is known to be gone (delete its lock file).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class EntryLock:
                     f"{self.what} is held by another job, {describe(holder)}, and stayed held for the "
                     f"{self.timeout_s:g} s this job may wait (store.lock.timeout_s). Rerun when that job ends (the entry "
                     f"is then skipped or resumed), or raise store.lock.timeout_s; if that job is known to be gone, "
-                    f"python -m robust_ensembles.store gc --apply removes its lock.")
+                    f"delete {self.entry / LOCK}.")
             if not announced:
                 log.warning("[store] waiting for %s: another job holds it, %s; up to %g s (store.lock.timeout_s), "
                             "then this job skips or resumes it", self.what, describe(holder), self.timeout_s)
