@@ -273,7 +273,7 @@ class APGD:
     Args:
         eps: default radius ([0, 1] pixel units; the evaluation gives one per call).
         norm: "l2" or "linf".
-        steps: APGD-CE iterations (AutoAttack: 100).
+        steps: APGD-CE iterations (AutoAttack: 100; 0 = APGD-T alone).
         restarts: APGD-CE random restarts (AutoAttack standard: 1 for L2 with 100 iterations).
         target_classes: APGD-T target classes, the most likely wrong ones first (AutoAttack: 9;
             0 = APGD-CE alone).
@@ -289,10 +289,13 @@ class APGD:
         self.key = key
         if norm not in self.NORMS:
             raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
-        for name, value, low in (("steps", steps, 1), ("restarts", restarts, 1), ("target_classes", target_classes, 0),
+        for name, value, low in (("steps", steps, 0), ("restarts", restarts, 1), ("target_classes", target_classes, 0),
                                  ("targeted_steps", targeted_steps, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{key}.{name}={value!r} must be an integer >= {low}.")
+        if steps == 0 and target_classes == 0:
+            raise ConfigError(f"{key}: steps=0 and target_classes=0 attack nothing; set steps >= 1 (APGD-CE) or "
+                              f"target_classes >= 1 (APGD-T).")
         if not 0 < rho < 1:
             raise ConfigError(f"{key}.rho={rho!r} must be in (0, 1) (AutoAttack uses 0.75).")
         self.eps = check_eps(eps, key)
@@ -303,15 +306,17 @@ class APGD:
         return check_eps(eps, self.key)
 
     def settings(self) -> str:
-        targeted = (f" + APGD-T {self.targeted_steps} steps x {self.target_classes} targets"
-                    if self.target_classes else "")
-        return f"norm={self.norm}, APGD-CE {self.steps} steps x {self.restarts} restarts{targeted}"
+        parts = [f"APGD-CE {self.steps} steps x {self.restarts} restarts"] if self.steps else []
+        if self.target_classes:
+            parts.append(f"APGD-T {self.targeted_steps} steps x {self.target_classes} targets")
+        return f"norm={self.norm}, {' + '.join(parts)}"
 
     def __repr__(self) -> str:
         return f"APGD({self.settings()})"
 
     def name(self) -> str:
-        return f"APGD-CE-{self.steps}" + (f"+T-{self.targeted_steps}x{self.target_classes}" if self.target_classes else "")
+        targeted = f"T-{self.targeted_steps}x{self.target_classes}" if self.target_classes else ""
+        return f"APGD-CE-{self.steps}" + (f"+{targeted}" if targeted else "") if self.steps else f"APGD-{targeted}"
 
     def doubled(self) -> "APGD":
         twice = copy.copy(self)
@@ -327,8 +332,10 @@ class APGD:
             return x
         norm, device = self.NORMS[self.norm], x.device
         with eval_mode(model):
-            x_adv = APGDAttack(model, n_iter=self.steps, norm=norm, n_restarts=self.restarts, eps=eps,
-                               seed=self.seed, loss="ce", rho=self.rho, device=device).perturb(x, y)
+            x_adv = x
+            if self.steps:
+                x_adv = APGDAttack(model, n_iter=self.steps, norm=norm, n_restarts=self.restarts, eps=eps,
+                                   seed=self.seed, loss="ce", rho=self.rho, device=device).perturb(x, y)
             if self.target_classes:
                 with torch.no_grad():
                     standing = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)

@@ -370,9 +370,12 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device, rep: Report) -> Re
     from robust_ensembles.robustness import autoattack_record, first_points
 
     e = cfg.bench.eval_attacks
-    contenders = {"baseline": list(e.baseline), **{k: list(v) for k, v in e.candidates.items()}}
-    lines = ["| row | attack | acc at eps (AA points) | AutoAttack | attack - AA | flipped by AA only | by the attack only "
-             "| wall s | / baseline |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    contenders = {"baseline": list(e.baseline), "reference": list(e.reference),
+                  **{k: list(v) for k, v in e.candidates.items()}}
+    lines = ["| row | attack | search | acc at eps (AA points) | AutoAttack | attack - AA | flipped by AA only | by the attack only "
+             "| largest gap to the reference over the grid | points it flips differently | wall s | / baseline |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ref_gaps: dict[str, list[float]] = {k: [] for k in e.candidates}
     ratios: dict[str, list[float]] = {k: [] for k in e.candidates}
     gaps: dict[str, list[float]] = {k: [] for k in contenders}
     row_base = TableRun(e.table, e.scale, list(e.overrides)).row_base  # the rows as that table evaluates them
@@ -391,32 +394,45 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device, rep: Report) -> Re
                                  test_split=base_cfg.evaluation.split, device_resident=False)
         x, y = first_points(datamodule, base_cfg.evaluation.split, e.n, device)
         grid = check_grid(base_cfg.evaluation.eps_grid)
-        attacks = {k: instantiate(compose_config(ROW_CONFIG, [*common, *over]).evaluation.attack)
-                   for k, over in contenders.items()}
-        seconds, accs = {}, {}
+        evaluations = {k: compose_config(ROW_CONFIG, [*common, *over]).evaluation for k, over in contenders.items()}
+        attacks = {k: instantiate(ev.attack) for k, ev in evaluations.items()}
+        seconds, accs, all_flips = {}, {}, {}
         bs = base_cfg.evaluation.batch_size
         for name, attack in attacks.items():  # one after another on the same points, in one run
             torch.manual_seed(cfg.seed)
+            search = evaluations[name].search
             t0 = time.perf_counter()
-            flips = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False).min_flip.cpu()
-                               for i in range(0, len(y), bs)])
+            flips = all_flips[name] = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False,
+                                                             search).min_flip.cpu() for i in range(0, len(y), bs)])
             seconds[name] = time.perf_counter() - t0
+            # against the reference (the current default) at every radius of the grid, point by point
+            ref = all_flips.get("reference")
+            if ref is not None and name not in ("baseline", "reference"):
+                by_eps = [abs((flips > r + 1e-12).float().mean().item() - (ref > r + 1e-12).float().mean().item())
+                          for r in grid]
+                differ = int((flips != ref).sum())  # points whose smallest flipping radius differs
+                ref_gaps[name].append(max(by_eps))
+                vs_ref = f"{100 * max(by_eps):.2f} at {grid[max(range(len(grid)), key=by_eps.__getitem__)]:g} | {differ}"
+            else:
+                vs_ref = "- | -"
             ours = flips > e.eps + 1e-12
             theirs = torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
             aa_only, ours_only = int((ours & ~theirs).sum()), int((~ours & theirs).sum())  # per-point disagreement
             accs[name] = ours.float().mean().item()
             gaps[name].append(accs[name] - aa["autoattack_acc"])
-            if name != "baseline":
+            if name in ratios:
                 ratios[name].append(seconds[name] / seconds["baseline"])
-            lines.append(f"| {label} | {name}: {attack!r} | {100 * accs[name]:.2f} | {100 * aa['autoattack_acc']:.2f} | "
-                         f"{100 * (accs[name] - aa['autoattack_acc']):+.2f} | {aa_only} | {ours_only} | {seconds[name]:.0f} | "
-                         f"{seconds[name] / seconds['baseline']:.2f} |")
+            lines.append(f"| {label} | {name}: {attack!r} | {search} | {100 * accs[name]:.2f} | {100 * aa['autoattack_acc']:.2f} | "
+                         f"{100 * (accs[name] - aa['autoattack_acc']):+.2f} | {aa_only} | {ours_only} | {vs_ref} | "
+                         f"{seconds[name]:.0f} | {seconds[name] / seconds['baseline']:.2f} |")
             print(lines[-1], flush=True)
     for name in e.candidates:
-        worst = max(gaps[name])
-        rep.add(f"{name}: time / baseline (median over rows)", (statistics.median(ratios[name]), min(ratios[name]),
-                max(ratios[name])), f"<= {e.max_ratio}; worst gap to AA {100 * worst:+.2f} points "
-                f"(bar <= {100 * e.max_gap:g})", statistics.median(ratios[name]) <= e.max_ratio and worst <= e.max_gap)
+        worst, worst_ref = max(gaps[name]), max(ref_gaps[name])
+        rep.add(f"{name}: time / baseline (largest over rows)", (statistics.median(ratios[name]), min(ratios[name]),
+                max(ratios[name])), f"<= {e.max_ratio} on every row; worst gap to AA {100 * worst:+.2f} points "
+                f"(bar <= {100 * e.max_gap:g}); to the reference {100 * worst_ref:.2f} at worst over the grid "
+                f"(bar <= {100 * e.max_reference_gap:g})",
+                max(ratios[name]) <= e.max_ratio and worst <= e.max_gap and worst_ref <= e.max_reference_gap)
     rep.note(f"per row and attack, on the first {e.n} test points at eps={e.eps} (AutoAttack: the stored "
               f"standard record; acc = the attack's curve, every grid radius up to eps):\n\n" + "\n".join(lines))
     rep.note("baseline gap to AutoAttack per row: " + ", ".join(f"{100 * g:+.2f}" for g in gaps["baseline"]))

@@ -97,7 +97,7 @@ def this_device() -> str:
 
 def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = None) -> float | None:
     """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
-    would be (same experiment; a curve with the same attack, grid, per_eps, precision and memory format
+    would be (same experiment; a curve with the same attack, grid, search, per_eps, precision and memory format
     and without check=true; AutoAttack of the same version) on the same kind of device (`device`, default
     this machine's: a GPU's records do not cost a CPU's evaluation), on a CPU with the same torch threads
     per job (`jobs.measured_with`), or None when there is none."""
@@ -107,7 +107,8 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
     same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
                                                               ("attack", "eps_grid", "per_eps", "precision"))
                                # memory format changes the time, not the numbers (records before the option: NCHW)
-                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False))
+                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False)
+                               and spec["evaluation"].get("search", "scan") == ev.get("search", "scan"))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
@@ -147,7 +148,8 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
         cfg.paths.run_dir = str(path.with_suffix(""))
     trainer, logger = jobs.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)
     datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
-    module = EnsembleEvaluation(in_memory_format(model, cfg), attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps)
+    module = EnsembleEvaluation(in_memory_format(model, cfg), attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps,
+                                cfg.evaluation.search)
     with jobs.tracked():
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -132,19 +132,25 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
     e.overrides = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
     e.rows = [["alpha=0.25", "K=1"]]
     e.baseline = ["evaluation.attack.target_classes=0"]  # (the tiny rows set APGD-only keys: no PGD baseline here)
+    e.reference = []  # the tiny rows' evaluation attack, scanning the grid
     e.candidates = {"apgd2": ["evaluation.attack.steps=2", "evaluation.attack.target_classes=1",
-                              "evaluation.attack.targeted_steps=2"]}
+                              "evaluation.attack.targeted_steps=2"],
+                    "bisect": ["evaluation.search=bisect"]}
     # a hand-made AutoAttack record: it flips the first 4 points and no other
     from robust_ensembles import robustness
     monkeypatch.setattr(robustness, "autoattack_record", lambda *a, **k: {
         "autoattack_correct": [0] * 4 + [1] * 12, "autoattack_acc": 12 / 16})
     rep = bench(cfg)
-    [row] = rep.rows
-    assert row[0] == "apgd2: time / baseline (median over rows)" and math.isfinite(row[1]) and row[1] > 0
+    assert [r[0] for r in rep.rows] == ["apgd2: time / baseline (largest over rows)", "bisect: time / baseline (largest over rows)"]
+    assert all(math.isfinite(r[1]) and r[1] > 0 for r in rep.rows)
     table = [line for line in rep.notes[0].splitlines() if line.startswith("| alpha=0.25")]
-    assert len(table) == 2  # the baseline and the candidate, on the same 16 points
+    assert len(table) == 4  # the baseline, the reference and the candidates, on the same 16 points
+    assert [line.split("|")[3].strip() for line in table] == ["scan", "scan", "scan", "bisect"]
+    for line in table[2:]:  # each candidate against the reference at every radius, point by point
+        ref_gap, differ = line.split("|")[9].strip(), int(line.split("|")[10])
+        assert " at " in ref_gap and 0 <= float(ref_gap.split()[0]) <= 100 and 0 <= differ <= 16
     for line in table:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip() for c in line.strip("|").split("|")[:1] + line.strip("|").split("|")[2:]]
         acc, aa, gap, aa_only, ours_only = float(cells[2]), float(cells[3]), float(cells[4]), int(cells[5]), int(cells[6])
         assert aa == 75.0 and gap == pytest.approx(acc - aa, abs=0.011)
         ours = round(acc * 16 / 100)  # points the attack left standing

@@ -503,3 +503,19 @@ def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_
     assert eval_h > 0 and float(re.search(r"in all about ([\d.]+) h", line).group(1)) == pytest.approx(
         train_h + eval_h, abs=0.011)
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written
+
+
+def test_paper_scale_estimate_on_an_empty_store_prints_gpu_hours_from_the_presets_gpu_reference(tmp_path, capsys):
+    """The paper preset's reference costs are a GPU's (device: gpu): planned from a machine without one,
+    training and evaluation of every table come out in GPU-hours, each part and the total."""
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    driver.run("all", "paper", over, estimate=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["table1", "table2_equivalence", "table2_size", "all"]
+    for line in lines:
+        train_h = float(re.search(r"about ([\d.]+) GPU-h of training", line).group(1))
+        eval_h = float(re.search(r"about ([\d.]+) GPU-h at the wall time", line).group(1))
+        total = float(re.search(r"in all about ([\d.]+) GPU-h", line).group(1))
+        assert train_h > 0 and eval_h > 0 and total == pytest.approx(train_h + eval_h, abs=0.011)
+        assert "reference of an NVIDIA H200, scaled" in line and " h " not in line
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written

@@ -215,7 +215,7 @@ class TableRun:
         jobs, comps = self.missing() if missing is None else missing
         train, t_s = self.estimate_training(jobs, comps, slots=train_jobs)
         evaluation, e_s = self.estimate_evaluation(plan, slots=evaluate_jobs)
-        return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs)}"
+        return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs, hours_unit(self.evaluate_cfg))}"
 
     def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str], what: str = "training jobs",
                           slots: int = 1) -> tuple[str, float | None]:
@@ -255,7 +255,7 @@ class TableRun:
         seconds = sum(n * fit[k] for k, n in todo.items() if n)
         multiruns = [[fit["natural" if a == 0 else "adversarial"] for a in alphas for _ in seeds]
                      for alphas, seeds in multirun_groups(jobs)] + ([[fit["composite"]] * len(comps)] if comps else [])
-        text = (f"{head}; about {seconds / 3600:.2f} h of training at the median measured fit time per job ("
+        text = (f"{head}; about {seconds / 3600:.2f} {hours_unit(cfg)} of training at the median measured fit time per job ("
                 + ", ".join(f"{k} {fit[k] / 60:.1f} min, {source[k]}" for k in fit) + ")")
         return text, sum(makespan(m, slots) for m in multiruns)
 
@@ -297,7 +297,7 @@ class TableRun:
                    for p in plan for kind, (cost, _) in p["costs"].items()}  # each record once
         seconds = sum(records.values())
         in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
-        text += (f"; about {seconds / 3600:.2f} h at the wall time per member and point of stored records "
+        text += (f"; about {seconds / 3600:.2f} {hours_unit(plan[0]['cfg'])} at the wall time per member and point of stored records "
                  f"computed on this kind of device ({this_device()})"
                  + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
         # what no job carries (a second AutoAttack record of one curve) is computed afterwards, one at a time
@@ -490,8 +490,25 @@ def reference_costs(cfg: DictConfig) -> DictConfig | None:
     `threads`: any); ESTIMATE uses them only for a kind the store has not timed yet."""
     blocks = cfg.get("reference_costs")
     blocks = [] if blocks is None else [blocks] if OmegaConf.is_dict(blocks) else list(blocks)
-    threads = threads_of(cfg)
-    return next((b for b in blocks if b.get("device") == this_device() and measured_with(threads, b)), None)
+    threads, device = threads_of(cfg), this_device()
+    mine = next((b for b in blocks if b.get("device") == device and measured_with(threads, b)), None)
+    if mine is not None:
+        return mine
+    # a block measured on GPUs (`device: gpu`) serves any GPU, and plans a GPU preset (one with no block for
+    # this machine's device) from a machine without one: the estimate is then in GPU-hours
+    return next((b for b in blocks if b.get("device") == GPU), None)
+
+
+GPU = "gpu"  # reference_costs' device for figures measured on (or scaled to) one GPU per job
+
+
+def hours_unit(cfg: DictConfig) -> str:
+    """"GPU-h" where an estimate's hours are a GPU's (this machine has one, or it plans a GPU preset from
+    the preset's GPU reference costs), else "h"."""
+    if this_device() != "cpu":
+        return "GPU-h"
+    reference = reference_costs(cfg)
+    return "GPU-h" if reference is not None and reference.get("device") == GPU else "h"
 
 
 def plugin_installed(plugin: str) -> bool:
@@ -524,7 +541,8 @@ def parallel_jobs(launcher: list[str]) -> int:
     return max(1, min(int(cpus // per_job), os.cpu_count() or 1))
 
 
-def total_text(train_s: float | None, evaluate_s: float | None, train_jobs: int = 1, evaluate_jobs: int = 1) -> str:
+def total_text(train_s: float | None, evaluate_s: float | None, train_jobs: int = 1, evaluate_jobs: int = 1,
+               unit: str = "h") -> str:
     """'; in all about X h' when both parts of an estimate were measured, else nothing: `train_s` and
     `evaluate_s` are the parts' wall times with `train_jobs` and `evaluate_jobs` jobs at a time, said
     when more than one."""
@@ -532,7 +550,7 @@ def total_text(train_s: float | None, evaluate_s: float | None, train_jobs: int 
         return ""
     spread = [f"{n} {what} jobs at a time" for n, what, s in ((train_jobs, "training", train_s),
                                                              (evaluate_jobs, "evaluation", evaluate_s)) if n > 1 and s]
-    return (f"; in all about {(train_s + evaluate_s) / 3600:.2f} h"
+    return (f"; in all about {(train_s + evaluate_s) / 3600:.2f} {unit}"
             + (f" with {' and '.join(spread)} (each multirun's jobs start as slots free and it ends with its last)"
                if spread else ""))
 
@@ -565,7 +583,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
                                                    slots=spread["train_jobs"])
             evaluation, e_s = runs[0].estimate_evaluation(plan, slots=spread["evaluate_jobs"])
             print(f"all ({scale}): {train}; {evaluation}"
-                  f"{total_text(t_s, e_s, **spread)}")
+                  f"{total_text(t_s, e_s, **spread, unit=hours_unit(runs[0].evaluate_cfg))}")
         return []
     start = time.perf_counter()
     if len(runs) > 1:

@@ -1,0 +1,119 @@
+"""Each point's smallest flipping radius on the grid, found by scanning the radii upward or by bisection:
+on a linear model, where that radius is known in closed form, both find it on every point; bisection
+costs about log2(grid) attacks per point; the radii an attack reports flip the point inside the ball."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robust_ensembles.attacks import APGD
+from robust_ensembles.curves import attack_grid, curve_from_min_flip
+from robust_ensembles.errors import ConfigError
+
+GRID = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]  # the linear model's flip radii lie around 0.02-0.7
+
+
+class Linear(nn.Module):
+    def __init__(self, d: int = 12, classes: int = 4, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(classes, d, generator=g) * 0.3)
+        self.b = nn.Parameter(torch.randn(classes, generator=g) * 0.3)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def closed_form_radius(model: Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest L2 perturbation that flips each point (no pixel box), and its direction."""
+    with torch.no_grad():
+        f = model(x)
+        w = model.w
+        margins = f.gather(1, y[:, None]) - f                      # (n, C): f_y - f_j
+        dirs = w[None, :, :] - w[y][:, None, :]                     # (n, C, d): w_j - w_y
+        norms = dirs.norm(dim=2).clamp_min(1e-12)
+        r = margins / norms
+        r[torch.arange(len(y)), y] = math.inf
+        j = r.argmin(1)
+        best = dirs[torch.arange(len(y)), j] / norms[torch.arange(len(y)), j][:, None]
+        return r.min(1).values, best
+
+
+class ExactLinearAttack:
+    """The optimal L2 attack on a linear model: step to the nearest decision boundary if it is within eps."""
+    norm = "l2"
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def __call__(self, model, x, y, eps):
+        self.calls.append(len(y))
+        r, direction = closed_form_radius(model, x, y)
+        step = torch.clamp(r * (1 + 1e-4) + 1e-6, max=eps)
+        return (x.flatten(1) + step[:, None] * direction).view_as(x)
+
+
+def _points(model: Linear, n: int = 400, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 12, generator=g)
+    return x, model(x).argmax(1)  # every point correct on the clean input ...
+
+
+def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
+    model = Linear()
+    x, y = _points(model)
+    y[:20] = (y[:20] + 1) % 4  # ... but 20 wrong ones (flip radius 0)
+    r, _ = closed_form_radius(model, x, y)
+    grid = torch.tensor(GRID)
+    expected = torch.stack([grid[grid >= ri].min() if (ri <= grid.max()) and ri > 0 else
+                            (torch.tensor(0.0) if ri <= 0 else torch.tensor(math.inf)) for ri in r])
+    scan = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="scan").min_flip
+    bisect = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect").min_flip
+    assert torch.equal(scan, expected) and torch.equal(bisect, expected)
+    assert 0 < (expected == math.inf).sum() < len(y) and (expected == 0).sum() == 20  # every kind of point occurs
+    curve = curve_from_min_flip(bisect, GRID, None)
+    assert all(a >= b for a, b in zip(curve.cumulative, curve.cumulative[1:]))  # monotone
+
+
+def test_bisection_costs_about_log2_of_the_grid_attacks_per_point():
+    model = Linear()
+    x, y = _points(model)
+    scan, bisect = ExactLinearAttack(), ExactLinearAttack()
+    flips = attack_grid(model, scan, x, y, GRID, per_eps=False, search="scan").min_flip
+    attack_grid(model, bisect, x, y, GRID, per_eps=False, search="bisect")
+    steps = math.ceil(math.log2(len(GRID)))
+    assert sum(bisect.calls) <= steps * len(y)
+    robust = int((flips == math.inf).sum())
+    assert robust > 0 and sum(scan.calls) >= robust * (len(GRID) - 1)  # a robust point costs a scan every radius
+
+
+def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_closed_form_radius():
+    model = Linear()
+    x, y = _points(model, n=120)
+    r, _ = closed_form_radius(model, x, y)
+    attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
+    for search in ("scan", "bisect"):
+        g = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search)
+        assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
+        found = g.min_flip < math.inf
+        assert found.any() and (g.min_flip[found] >= r[found] - 1e-5).all()  # no flip below the smallest possible
+
+
+def test_apgd_t_alone_is_a_setting_and_an_empty_one_is_refused():
+    t_only = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=3, targeted_steps=10, rho=0.75, seed=0)
+    assert t_only.name() == "APGD-T-10x3" and "APGD-CE" not in repr(t_only)
+    with pytest.raises(ConfigError, match="steps=0 and target_classes=0 attack nothing"):
+        APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=0, targeted_steps=10, rho=0.75, seed=0)
+
+
+def test_bisection_gives_no_per_radius_outcomes_and_an_unknown_search_is_refused():
+    model = Linear()
+    x, y = _points(model, n=8)
+    with pytest.raises(ConfigError, match="evaluation.search=bisect .* evaluation.per_eps=false"):
+        attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=True, search="bisect")
+    with pytest.raises(ConfigError, match="evaluation.search='binary' is unknown"):
+        attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="binary")
