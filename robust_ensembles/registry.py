@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from typing import Any, Callable, Mapping, TypeVar
 
 PACKAGE = __name__.split(".")[0]
@@ -140,4 +141,7 @@ def load_all() -> None:
     for info in pkgutil.walk_packages(package.__path__, PACKAGE + "."):
         if info.name.rsplit(".", 1)[-1].startswith("__"):
             continue
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except ImportError as e:  # an optional dependency missing: its targets stay unnamed here
+            warnings.warn(f"{info.name} could not be imported ({e}); stable names it declares are unknown", stacklevel=2)

@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robust_ensembles import checks, jobs, members, store, tracking
-from robust_ensembles.curves import Curve, EnsembleEvaluation, plot_curves, standard_error
+from robust_ensembles.curves import Curve, EnsembleEvaluation, check_search, plot_curves, standard_error
 from robust_ensembles.ensembles import Ensemble
 from robust_ensembles.errors import ConfigError
 from robust_ensembles.identity import check, members_query
@@ -42,6 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """The curve record of the configured model, with its AutoAttack record under "autoattack"
     when `evaluation.autoattack.eps` is set (None when it is pending)."""
     check(cfg)
+    check_search(cfg.evaluation.search, cfg.evaluation.per_eps)
     attack = instantiate(cfg.evaluation.attack)
     model, runs, label = members.build(cfg)
     result = curve_record(cfg, model, runs, label, attack)
@@ -78,8 +79,7 @@ def stored(cfg: DictConfig) -> dict:
                    OmegaConf.to_container(cfg.members, resolve=True), "K": k, "seeds": cfg.seeds,
                    "composite": OmegaConf.to_container(cfg.composite, resolve=True)
                    if cfg.members.kind != "seeds" else None, "test": test_points(cfg)}
-        evaluation = {k_: v for k_, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items()
-                      if k_ not in ("autoattack", "force")}
+        evaluation = evaluation_spec(cfg)
         aa = OmegaConf.to_container(cfg.evaluation.autoattack, resolve=True)
         return {"curve": None, "autoattack": None, "K": k,
                 "curve_key": store.key_of({**planned, "evaluation": evaluation}),
@@ -123,11 +123,20 @@ def test_points(cfg: DictConfig) -> dict:
     return {"split": cfg.evaluation.split, **{k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
 
 
+def evaluation_spec(cfg: DictConfig) -> dict:
+    """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
+    the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
+    every record made before the option used, so those records keep their keys."""
+    ev = {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items() if k not in ("autoattack", "force")}
+    if ev.get("search", "scan") == "scan":
+        ev.pop("search", None)
+    return ev
+
+
 def curve_spec(cfg: DictConfig, model: Ensemble, runs: list[store.Run]) -> dict:
     return {"members": [r.key for r in runs], "weights": model.weights.tolist(),
             "ensemble": OmegaConf.to_container(cfg.ensemble, resolve=True),
-            "evaluation": {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items()
-                           if k not in ("autoattack", "force")},
+            "evaluation": evaluation_spec(cfg),
             "check": cfg.check, "checks": OmegaConf.to_container(cfg.checks, resolve=True) if cfg.check else None,
             "seed": cfg.seed, "test": test_points(cfg)}
 

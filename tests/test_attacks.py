@@ -220,7 +220,8 @@ def test_apgd_doubled_doubles_both_parts():
 
 @pytest.mark.parametrize("kw,message", [
     ({"eps": -0.1}, "evaluation.attack.eps=-0.1 is negative"),
-    ({"steps": 0}, "evaluation.attack.steps=0 must be an integer >= 1"),
+    ({"steps": -1}, "evaluation.attack.steps=-1 must be an integer >= 0"),
+    ({"steps": 0, "target_classes": 0}, "evaluation.attack: steps=0 and target_classes=0 attack nothing"),
     ({"target_classes": -1}, "evaluation.attack.target_classes=-1 must be an integer >= 0"),
     ({"norm": "l3"}, "evaluation.attack.norm='l3' is not a known norm"),
     ({"rho": 1.5}, "evaluation.attack.rho=1.5 must be in"),

@@ -73,7 +73,8 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
                             (torch.tensor(0.0) if ri <= 0 else torch.tensor(math.inf)) for ri in r])
     scan = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="scan").min_flip
     bisect = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect").min_flip
-    assert torch.equal(scan, expected) and torch.equal(bisect, expected)
+    probed = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="probe_bisect").min_flip
+    assert torch.equal(scan, expected) and torch.equal(bisect, expected) and torch.equal(probed, expected)
     assert 0 < (expected == math.inf).sum() < len(y) and (expected == 0).sum() == 20  # every kind of point occurs
     curve = curve_from_min_flip(bisect, GRID, None)
     assert all(a >= b for a, b in zip(curve.cumulative, curve.cumulative[1:]))  # monotone
@@ -87,6 +88,10 @@ def test_bisection_costs_about_log2_of_the_grid_attacks_per_point():
     attack_grid(model, bisect, x, y, GRID, per_eps=False, search="bisect")
     steps = math.ceil(math.log2(len(GRID)))
     assert sum(bisect.calls) <= steps * len(y)
+    probed = ExactLinearAttack()
+    attack_grid(model, probed, x, y, GRID, per_eps=False, search="probe_bisect")
+    flipped_first = int((flips == GRID[1]).sum())
+    assert probed.calls[0] == len(y) and sum(probed.calls) <= len(y) + steps * (len(y) - flipped_first)
     robust = int((flips == math.inf).sum())
     assert robust > 0 and sum(scan.calls) >= robust * (len(GRID) - 1)  # a robust point costs a scan every radius
 
@@ -96,7 +101,7 @@ def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_
     x, y = _points(model, n=120)
     r, _ = closed_form_radius(model, x, y)
     attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
-    for search in ("scan", "bisect"):
+    for search in ("scan", "bisect", "probe_bisect"):
         g = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search)
         assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
         found = g.min_flip < math.inf
@@ -117,3 +122,15 @@ def test_bisection_gives_no_per_radius_outcomes_and_an_unknown_search_is_refused
         attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=True, search="bisect")
     with pytest.raises(ConfigError, match="evaluation.search='binary' is unknown"):
         attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="binary")
+
+
+def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
+    """Records made before `evaluation.search` existed scanned the grid: a scan's spec leaves the option
+    out, so their keys stand; another search is part of the key."""
+    from robust_ensembles.robustness import evaluation_spec
+    from tests.conftest import TINY, compose_train
+
+    scan = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false"], tmp_path, "evaluate"))
+    bisect = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=bisect"], tmp_path,
+                                           "evaluate"))
+    assert "search" not in scan and bisect == {**scan, "search": "bisect"}

@@ -215,7 +215,7 @@ class TableRun:
         jobs, comps = self.missing() if missing is None else missing
         train, t_s = self.estimate_training(jobs, comps, slots=train_jobs)
         evaluation, e_s = self.estimate_evaluation(plan, slots=evaluate_jobs)
-        return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs, hours_unit(self.evaluate_cfg))}"
+        return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs, total_unit(train, t_s, evaluation, e_s))}"
 
     def estimate_training(self, jobs: list[tuple[float, int]], comps: list[str], what: str = "training jobs",
                           slots: int = 1) -> tuple[str, float | None]:
@@ -255,7 +255,8 @@ class TableRun:
         seconds = sum(n * fit[k] for k, n in todo.items() if n)
         multiruns = [[fit["natural" if a == 0 else "adversarial"] for a in alphas for _ in seeds]
                      for alphas, seeds in multirun_groups(jobs)] + ([[fit["composite"]] * len(comps)] if comps else [])
-        text = (f"{head}; about {seconds / 3600:.2f} {hours_unit(cfg)} of training at the median measured fit time per job ("
+        unit = hours_unit(cfg, all(source[k].startswith("reference") for k in fit))
+        text = (f"{head}; about {seconds / 3600:.2f} {unit} of training at the median measured fit time per job ("
                 + ", ".join(f"{k} {fit[k] / 60:.1f} min, {source[k]}" for k in fit) + ")")
         return text, sum(makespan(m, slots) for m in multiruns)
 
@@ -297,7 +298,8 @@ class TableRun:
                    for p in plan for kind, (cost, _) in p["costs"].items()}  # each record once
         seconds = sum(records.values())
         in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
-        text += (f"; about {seconds / 3600:.2f} {hours_unit(plan[0]['cfg'])} at the wall time per member and point of stored records "
+        unit = hours_unit(plan[0]["cfg"], all(source for p in plan for _, source in p["costs"].values()))
+        text += (f"; about {seconds / 3600:.2f} {unit} at the wall time per member and point of stored records "
                  f"computed on this kind of device ({this_device()})"
                  + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
         # what no job carries (a second AutoAttack record of one curve) is computed afterwards, one at a time
@@ -502,13 +504,21 @@ def reference_costs(cfg: DictConfig) -> DictConfig | None:
 GPU = "gpu"  # reference_costs' device for figures measured on (or scaled to) one GPU per job
 
 
-def hours_unit(cfg: DictConfig) -> str:
-    """"GPU-h" where an estimate's hours are a GPU's (this machine has one, or it plans a GPU preset from
-    the preset's GPU reference costs), else "h"."""
+def hours_unit(cfg: DictConfig, from_reference: bool) -> str:
+    """"GPU-h" where an estimate's hours are a GPU's: this machine has one, or every figure of the estimate
+    came from the preset's GPU reference costs (a GPU preset planned from a machine without one); else "h"."""
     if this_device() != "cpu":
         return "GPU-h"
+    if not from_reference:
+        return "h"
     reference = reference_costs(cfg)
     return "GPU-h" if reference is not None and reference.get("device") == GPU else "h"
+
+
+def total_unit(train: str, train_s: float | None, evaluation: str, evaluate_s: float | None) -> str:
+    """The unit of a total: GPU-hours only where each part that costs anything is in GPU-hours."""
+    parts = [text for text, s in ((train, train_s), (evaluation, evaluate_s)) if s]
+    return "GPU-h" if parts and all(" GPU-h " in text for text in parts) else "h"
 
 
 def plugin_installed(plugin: str) -> bool:
@@ -583,7 +593,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
                                                    slots=spread["train_jobs"])
             evaluation, e_s = runs[0].estimate_evaluation(plan, slots=spread["evaluate_jobs"])
             print(f"all ({scale}): {train}; {evaluation}"
-                  f"{total_text(t_s, e_s, **spread, unit=hours_unit(runs[0].evaluate_cfg))}")
+                  f"{total_text(t_s, e_s, **spread, unit=total_unit(train, t_s, evaluation, e_s))}")
         return []
     start = time.perf_counter()
     if len(runs) > 1:

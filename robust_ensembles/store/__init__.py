@@ -246,7 +246,7 @@ def describe_identity(identity: Mapping) -> str:
     return f"alpha={identity.get('alpha')} seed={identity.get('seed')}"
 
 
-_VERIFIED: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256, per process
+_VERIFIED: dict[tuple, str] = {}   # (path, inode, size, mtime_ns, ctime_ns) -> sha256 found equal to the manifest's
 
 
 @dataclass(frozen=True)
@@ -267,9 +267,11 @@ class Run:
             raise StoreIntegrityError(f"store entry {path.name} is damaged: identity.json is unreadable ({e}). "
                                       f"{_fix(path)}") from None
         run = cls(path, identity)
-        if run.complete and identity.get("scheme") == IDENTITY_SCHEME and key_of(identity) != path.name:
-            raise StoreIntegrityError(f"store entry {path.name} ({describe_identity(identity)}) is damaged: its identity.json "
-                                      f"hashes to {key_of(identity)}, not to its folder name. {_fix(path)}")
+        if run.complete:
+            run.verified("identity.json")  # a damaged identity must not answer a query for another model
+            if key_of(identity) != path.name:
+                raise StoreIntegrityError(f"store entry {path.name} ({describe_identity(identity)}) is damaged: its "
+                                          f"identity.json hashes to {key_of(identity)}, not to its folder name. {_fix(path)}")
         return run
 
     @property
@@ -329,7 +331,7 @@ class Run:
             if st.st_size != want["bytes"]:
                 out.append(f"{name} has {st.st_size} bytes, {want['bytes']} when the entry was completed")
                 continue
-            memo = (str(path), st.st_size, st.st_mtime_ns)
+            memo = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             found = _VERIFIED.get(memo) or sha256_file(path)
             if found != want["sha256"]:
                 out.append(f"{name} has sha256 {found[:12]}..., {want['sha256'][:12]}... when the entry was completed")
@@ -338,12 +340,16 @@ class Run:
         return out
 
     def verified(self, name: str) -> Path:
-        """Path of one file of this entry, checked against its manifest when the entry is complete."""
-        if self.complete:
-            bad = self.problems([name])
-            if bad:
-                raise StoreIntegrityError(f"store entry {self.key} ({describe_identity(self.identity)}) is damaged: "
-                                          f"{'; '.join(bad)}. {_fix(self.path)}")
+        """Path of one file of this complete entry, checked against its manifest (an incomplete entry's
+        files are not served: its training has not finished)."""
+        if not self.complete:
+            raise CheckpointError(f"store entry {self.key} ({describe_identity(self.identity)}) is incomplete (no "
+                                  f"{MARKER} marker): its training has not finished. Rerun the command that trains it "
+                                  f"(its config.yaml) to resume it.")
+        bad = self.problems([name])
+        if bad:
+            raise StoreIntegrityError(f"store entry {self.key} ({describe_identity(self.identity)}) is damaged: "
+                                      f"{'; '.join(bad)}. {_fix(self.path)}")
         return self.path / name
 
     def metrics(self) -> dict:

@@ -4,8 +4,8 @@
             records by kind and semantics version, incomplete entries and who holds them
   verify    every file of every complete entry against the sha256 recorded when it was completed, every
             record against its own digest (like git fsck); status 1 when anything is damaged
-  gc        stale, damaged and orphaned records, incomplete entries whose job is gone, dead locks and
-            temporary files; a dry run unless --apply
+  gc        stale, damaged and orphaned records, incomplete entries no job holds (--resumable: those
+            a sweep could resume too) and temporary files of dead writers; a dry run unless --apply
   migrate   rename a store written under an older identity scheme (keys naming module paths) to this
             one, records included; retrains nothing; a dry run unless --apply
 
@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=COMMANDS, metavar="{" + ",".join(COMMANDS) + "}")
     p.add_argument("--apply", action="store_true", help="gc, migrate: do it (default: say what would be done)")
+    p.add_argument("--resumable", action="store_true",
+                   help="gc: also incomplete entries that could resume (a last.ckpt, no job holding them)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the training config (paths.store_dir=..., experiment=...)")
     return p
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                              f"the entries and rerun their commands; damaged records are recomputed)"))
         return 0 if v.sound else 1
     if args.command == "gc":
-        items = admin.garbage(root, VERSIONS)
+        items = admin.garbage(root, VERSIONS, resumable=args.resumable)
         for path, why in items:
             print(f"{'removing' if args.apply else 'would remove'} {path.relative_to(root)}: {why}")
         if args.apply:

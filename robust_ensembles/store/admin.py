@@ -10,15 +10,16 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from robust_ensembles import registry
-from robust_ensembles.errors import StoreBusyError, StoreIntegrityError
+from robust_ensembles.errors import StoreBusyError, StoreIntegrityError, StoreSchemeError
 from robust_ensembles.store import (IDENTITY_SCHEME, describe_identity, MARKER, RECORDS, STORE_FILE, Run, entries, key_of,
                                     read_record, record_path, scheme_of, sha256_json, write_atomic)
-from robust_ensembles.store.locks import alive, describe, holder_of
+from robust_ensembles.store.locks import describe, holder_of
 
 MIGRATIONS = "MIGRATIONS.json"   # <store>/MIGRATIONS.json: every key a migration renamed, old -> new
 _TMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
@@ -45,9 +46,12 @@ def _target_name(value: Any) -> str:
 def inventory(root: Path) -> dict:
     """Models (single and composite) with recipe, alpha, seed, kept epoch, accuracies, size and date;
     incomplete entries with their lock holder; records by kind and semantics version."""
-    models, incomplete = [], []
+    models, incomplete, unreadable = [], [], []
     for path in entries(root):
-        ident = json.loads((path / "identity.json").read_text())
+        ident = _identity(path)
+        if ident is None:
+            unreadable.append(path.name)
+            continue
         row = {"key": path.name, "alpha": ident.get("alpha"), "seed": ident.get("seed"),
                "composite": ident.get("composite") and {"robust": ident["composite"]["robust"]["alpha"],
                                                         "natural": ident["composite"]["natural"]["alpha"],
@@ -69,8 +73,7 @@ def inventory(root: Path) -> dict:
                        fit_s=m.get("fit_seconds"), date=_date(path / MARKER))
             models.append(row)
         else:
-            holder = holder_of(path)
-            row.update(date=_date(path / "identity.json"), holder=holder, holder_alive=alive(holder) if holder else None,
+            row.update(date=_date(path / "identity.json"), holder=holder_of(path),
                        resumable=(path / "checkpoints" / "last.ckpt").is_file())
             incomplete.append(row)
     kinds: dict[str, dict] = {}
@@ -85,7 +88,15 @@ def inventory(root: Path) -> dict:
             k["versions"][v] = k["versions"].get(v, 0) + 1
     order = lambda r: (r["recipe"], r["model"], r["composite"] is not None, float(r["alpha"] or 0), r["seed"] or 0)
     return {"root": str(root), "scheme": scheme_of(root), "models": sorted(models, key=order),
-            "incomplete": sorted(incomplete, key=order), "records": kinds}
+            "incomplete": sorted(incomplete, key=order), "records": kinds, "unreadable": unreadable}
+
+
+def _identity(path: Path) -> dict | None:
+    try:
+        ident = json.loads((path / "identity.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return ident if isinstance(ident, dict) else None
 
 
 def _pct(x: float | None) -> str:
@@ -98,6 +109,9 @@ def _mb(n: int) -> str:
 
 def format_inventory(inv: dict, versions: Mapping[str, int]) -> str:
     lines = [f"store {inv['root']} (identity scheme {inv['scheme']})", ""]
+    if inv["scheme"] not in (None, IDENTITY_SCHEME):
+        lines[-1:] = [f"written under identity scheme {inv['scheme']}: its records carry no digests yet and this code "
+                      f"finds none of its entries; python -m robust_ensembles.store migrate --apply moves it", ""]
     models = inv["models"]
     lines.append(f"models: {len(models)} complete, {sum(_size_of(r) for r in models) / 1e6:.1f} MB")
     if models:
@@ -105,7 +119,7 @@ def format_inventory(inv: dict, versions: Mapping[str, int]) -> str:
         lines.append(head)
         for r in models:
             what = (f"({r['composite']['robust']}, {r['composite']['natural']})@{r['composite']['eps']}"
-                    if r["composite"] else f"{float(r['alpha']):g}")
+                    if r["composite"] else f"{r['alpha']:g}" if isinstance(r["alpha"], (int, float)) else "?")
             robust = ", ".join(f"{e}: {_pct(a)}" for e, a in r["robust"].items()) or "-"
             lines.append(f"  {r['recipe']:<8} {('composite' if r['composite'] else r['model']):<11} {what:>6} "
                          f"{r['seed']!s:>4} {r['epoch']!s:>5} {_pct(r['clean']):>7}  {robust:<24} {_mb(r['bytes']):>8}  "
@@ -122,10 +136,11 @@ def format_inventory(inv: dict, versions: Mapping[str, int]) -> str:
     lines.append("")
     lines.append(f"incomplete entries: {len(inv['incomplete'])}")
     for r in inv["incomplete"]:
-        holder = ("no job holds it" if not r["holder"] else
-                  f"held by {describe(r['holder'])}, " + {True: "running", False: "gone", None: "on another host"}[r["holder_alive"]])
+        holder = "no job holds it" if r["holder"] is None else f"held by {describe(r['holder'])}, training now"
         lines.append(f"  {r['key']}  {r['recipe']} alpha={r['alpha']} seed={r['seed']}  since {r['date']}  {holder}"
                      f"{'  (resumable: has last.ckpt)' if r['resumable'] else ''}")
+    for key in inv["unreadable"]:
+        lines.append(f"  {key}  identity.json unreadable (verify reports it)")
     return "\n".join(lines)
 
 
@@ -185,20 +200,17 @@ def verify(root: Path, progress: Callable[[str], None] = lambda line: None) -> V
 
 
 # ----------------------------------------------------------------------------- gc
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+STALE_TMP_S = 3600   # a temporary file untouched this long belongs to a writer that died (writes take seconds)
 
 
-def garbage(root: Path, versions: Mapping[str, int]) -> list[tuple[Path, str]]:
+def garbage(root: Path, versions: Mapping[str, int], resumable: bool = False) -> list[tuple[Path, str]]:
     """What gc removes, with why: records of another semantics version, damaged records, records whose
-    members are no longer in the store; incomplete entries whose job is gone (no lock, or a dead holder
-    of this host); the lock of a dead holder; temporary files of writers that died."""
+    members are no longer in the store; incomplete entries no job holds (`resumable`: those with a
+    last.ckpt too, which a sweep would otherwise resume); temporary files of writers that died."""
+    if (scheme := scheme_of(root)) not in (None, IDENTITY_SCHEME):
+        raise StoreSchemeError(f"{root} is of identity scheme {scheme}: migrate it first (python -m "
+                               f"robust_ensembles.store migrate --apply paths.store_dir={root}); gc would take its "
+                               f"records, which carry no digests yet, for damaged ones.")
     out: list[tuple[Path, str]] = []
     complete = {p.name for p in entries(root) if (p / MARKER).is_file()}
     for path in sorted((root / RECORDS).glob("*/*.json")):
@@ -211,19 +223,17 @@ def garbage(root: Path, versions: Mapping[str, int]) -> list[tuple[Path, str]]:
         elif missing := [k for k in record.get("spec", {}).get("members", []) if isinstance(k, str) and k not in complete]:
             out.append((path, f"{kind} record of members no longer in the store ({', '.join(missing)})"))
     for path in entries(root):
-        holder = holder_of(path)
-        if (path / MARKER).is_file():
-            if holder is not None and holder and alive(holder) is False:
-                out.append((path / ".lock", f"lock of {describe(holder)}, gone"))
+        if (path / MARKER).is_file() or holder_of(path) is not None:
             continue
-        if holder is None or (holder and alive(holder) is False):
-            why = "no job holds it" if holder is None else f"its job, {describe(holder)}, is gone"
-            resumable = " (has last.ckpt: a sweep would resume it instead)" if (path / "checkpoints/last.ckpt").is_file() else ""
-            out.append((path, f"incomplete entry, {why}{resumable}"))
+        if (path / "checkpoints/last.ckpt").is_file():
+            if resumable:
+                out.append((path, "incomplete entry, no job holds it (its last.ckpt is lost: a sweep would have resumed it)"))
+        else:
+            out.append((path, "incomplete entry, no job holds it, nothing to resume from"))
+    now = time.time()
     for path in sorted(root.rglob(".*.tmp*")):
-        m = _TMP.match(path.name)
-        if m and _process_gone(int(m["pid"])):
-            out.append((path, "temporary file of a writer that is gone"))
+        if _TMP.match(path.name) and now - path.stat().st_mtime > STALE_TMP_S:
+            out.append((path, f"temporary file untouched for {(now - path.stat().st_mtime) / 3600:.1f} h (its writer died)"))
     return out
 
 
@@ -268,60 +278,81 @@ def _renamed(value: Any, keys: Mapping[str, str]) -> Any:
     return value
 
 
+def _reseal(run: Run) -> None:
+    """A manifest for an entry completed before digests: its files as found, its completion date kept."""
+    marker = run.path / MARKER
+    when = marker.stat().st_mtime
+    run.seal(digests="taken at migration",
+             completed=datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="seconds"))
+    os.utime(marker, (when, when))
+
+
 def migrate(root: Path, apply: bool) -> Migration:
     """Rename a store of identity scheme 1 (targets by module path) to this scheme: every entry's key,
     composites' backbone keys, every record's key and members; complete entries get a manifest of their
-    files as found. Retrains and recomputes nothing; `apply=False` says what it would do. Resumable:
-    a killed migration is finished by running it again (renames so far are kept in MIGRATIONS.json)."""
+    files as found. Retrains and recomputes nothing; `apply=False` says what it would do.
+
+    Only what scheme 1 wrote is touched: identities without a "scheme", records without a digest (a
+    damaged scheme-2 entry or record is left for `verify` to report, never re-digested). The whole
+    renaming (old key -> new key) is planned and written to MIGRATIONS.json before anything moves, so a
+    killed migration is finished by running it again."""
     done_file = root / MIGRATIONS
     keys: dict[str, str] = json.loads(done_file.read_text()) if done_file.is_file() else {}
     out = Migration()
-    busy = [f"{p.name} ({describe(h)})" for p in entries(root) if (h := holder_of(p)) and alive(h) is not False]
+    busy = [f"{p.name} ({describe(h)})" for p in entries(root) if (h := holder_of(p)) is not None]
     if busy and apply:
         raise StoreBusyError(f"jobs hold entries of {root} right now: {', '.join(busy)}; migrate when they end.")
-    paths = entries(root)
-    plain = [p for p in paths if "backbones" not in json.loads((p / "identity.json").read_text())]
-    composite = [p for p in paths if p not in plain]
-    for group, bucket in ((plain, out.models), (composite, out.composites)):
-        for path in group:
-            ident = json.loads((path / "identity.json").read_text())
-            if ident.get("scheme") == IDENTITY_SCHEME and path.name == key_of(ident):
-                if apply and (path / MARKER).is_file() and "files" not in json.loads((path / MARKER).read_text()):
-                    Run(path, ident).seal(digests="taken at migration")
-                    out.sealed += 1
+    # 1. plan: every scheme-1 entry's new identity and key (composites after their backbones)
+    plan: list[tuple[Path, dict, str]] = []
+    old = {p: ident for p in entries(root) if (ident := _identity(p)) is not None and "scheme" not in ident}
+    for composite_pass in (False, True):
+        for path, ident in old.items():
+            if ("backbones" in ident) != composite_pass:
                 continue
-            new_ident = {**registry.meaning_of_former({k: v for k, v in ident.items() if k != "scheme"}),
-                         "scheme": IDENTITY_SCHEME}
-            if "backbones" in new_ident:
-                new_ident["backbones"] = _renamed(new_ident["backbones"], keys)
+            if path.name in keys.values():  # renamed by an earlier run that died before its identity was rewritten
+                new_ident = _scheme2_identity(ident, keys)
+                plan.append((path, new_ident, path.name))
+                continue
+            new_ident = _scheme2_identity(ident, keys)
             new = key_of(new_ident)
-            target = root / new
-            if target.exists() and target != path:
-                out.skipped.append(f"{path.name}: {new} exists already (a copy trained under the new scheme); "
-                                   f"kept both, gc or a manual delete removes the old one")
-                continue
             keys[path.name] = new
-            bucket[path.name] = new
-            if not apply:
-                continue
-            os.rename(path, target)
-            write_atomic(target / "identity.json", json.dumps(new_ident, indent=2, sort_keys=True))
+            plan.append((path, new_ident, new))
+    if apply and plan:
+        write_atomic(done_file, json.dumps(keys, indent=2, sort_keys=True))
+    # 2. move the entries
+    for path, new_ident, new in plan:
+        bucket = out.composites if "backbones" in new_ident else out.models
+        target = root / new
+        if target.exists() and target != path:
             if (target / MARKER).is_file():
-                Run(target, new_ident).seal(digests="taken at migration")
-                out.sealed += 1
-            write_atomic(done_file, json.dumps(keys, indent=2, sort_keys=True))
+                out.skipped.append(f"{path.name}: {new} exists already (the same model, trained under the new scheme); "
+                                   f"records and composites now name {new}; delete {path} by hand")
+                continue
+            out.skipped.append(f"{path.name}: an incomplete {new} is in the way; delete one of the two and run again")
+            continue
+        if path != target:
+            bucket[path.name] = new
+        if not apply:
+            continue
+        if path != target:
+            os.rename(path, target)
+        write_atomic(target / "identity.json", json.dumps(new_ident, indent=2, sort_keys=True))
+        if (target / MARKER).is_file():
+            _reseal(Run(target, new_ident))
+            out.sealed += 1
+    # 3. the records: those without a digest (what scheme 1 wrote), renamed keys and targets by stable name
     for path in sorted((root / RECORDS).glob("*/*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             out.skipped.append(f"{RECORDS}/{path.parent.name}/{path.name}: unreadable (gc removes it)")
             continue
-        body = _renamed({k: v for k, v in record.items() if k != "sha256"}, keys)
+        if "sha256" in record:
+            continue  # written under this scheme (verify checks it)
+        body = _renamed(record, keys)
         body["spec"] = registry.meaning_of_former(body.get("spec", {}))
         new = key_of(body["spec"])
         body["key"] = new
-        if new == path.stem and record.get("sha256") == sha256_json(body):
-            continue
         out.records[f"{path.parent.name}/{path.stem}"] = new
         if not apply:
             continue
@@ -333,9 +364,22 @@ def migrate(root: Path, apply: bool) -> Migration:
             os.replace(png, dest.with_suffix(".png"))
         if dest != path:
             path.unlink()
-    if apply:
+    if apply:  # an entry renamed and rewritten by a migration killed before it sealed the entry
+        for path in entries(root):
+            marker = path / MARKER
+            if marker.is_file() and "files" not in json.loads(marker.read_text() or "{}") and \
+                    (ident := _identity(path)) is not None and ident.get("scheme") == IDENTITY_SCHEME:
+                _reseal(Run(path, ident))
+                out.sealed += 1
         write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
     return out
+
+
+def _scheme2_identity(ident: dict, keys: Mapping[str, str]) -> dict:
+    new_ident = {**registry.meaning_of_former(ident), "scheme": IDENTITY_SCHEME}
+    if "backbones" in new_ident:
+        new_ident["backbones"] = _renamed(new_ident["backbones"], keys)
+    return new_ident
 
 
 def format_migration(m: Migration, root: Path, apply: bool) -> str:

@@ -1,15 +1,15 @@
-"""Entry locks that jobs wait on: one lock file per store entry, created atomically, naming its holder.
+"""Entry locks that jobs wait on: `<entry>/.lock`, held with flock for the holder's lifetime and naming it.
 
-`<entry>/.lock` is created with O_CREAT|O_EXCL (atomic on local disks and NFS) and holds the holder's
-host, pid, process start time and since when it holds the lock. A job that finds it:
+The holder opens `<entry>/.lock`, takes an exclusive `flock` on it and writes its host, pid and start
+time into it; on release it empties the file and unlocks (the file is never deleted, so two jobs can
+never hold locks on two different files of one entry). The kernel drops a flock when its process dies,
+however it dies, so a lock cannot outlive its job (on NFS, Linux maps flock onto the server's byte-range
+locks, which the server frees when the client's lease ends). A job that finds the lock taken:
 
-* waits while the holder lives (one line saying for whom and how long at most), polling every
-  `poll_s`, up to `timeout_s` (`store.lock.timeout_s`), then gives up with a `StoreBusyError`;
-* breaks it with a warning when the holder is a dead process of this host (a job killed mid-fit),
-  under a short flock on `<entry>/.lock.guard` so that two waiters never break a live lock.
-
-A holder on another host cannot be checked: the waiter waits, and its timeout message says how to
-free an entry whose holder is known to be gone (delete its lock file).
+* waits while it is held (one line saying for whom and how long at most), polling every `poll_s`, up
+  to `timeout_s` (`store.lock.timeout_s`), then gives up with a `StoreBusyError`;
+* takes it when it is free, saying so with a warning when the file still names a holder: a job that
+  was killed (`kill -9`, a preempted node) before it could release.
 """
 
 from __future__ import annotations
@@ -23,119 +23,105 @@ import socket
 import time
 from pathlib import Path
 
-from robust_ensembles.errors import StoreBusyError
+from robust_ensembles.errors import ConfigError, StoreBusyError
 
 log = logging.getLogger(__name__)
 
-LOCK, GUARD = ".lock", ".lock.guard"
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, from /proc), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+LOCK = ".lock"
 
 
 def me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start(os.getpid()),
+    return {"host": socket.gethostname(), "pid": os.getpid(),
             "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def holder_of(entry: Path) -> dict | None:
-    """Who holds the entry's lock ({} when its file is unreadable), or None when nobody does."""
+def _read(f) -> dict:
+    f.seek(0)
+    text = f.read()
     try:
-        return json.loads((entry / LOCK).read_text())
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"unreadable": text[:80]}
+
+
+def holder_of(entry: Path) -> dict | None:
+    """Who holds the entry's lock now (its record; {} when the holder wrote none yet), or None when nobody
+    does. Reads without taking the lock."""
+    path = Path(entry) / LOCK
+    try:
+        f = open(path, "r+")
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def alive(holder: dict) -> bool | None:
-    """Whether the holder process lives: True/False on this host, None on another host (unknowable)."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(f)
+        fcntl.flock(f, fcntl.LOCK_UN)
         return None
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = holder.get("process_start")
-    return started is None or process_start(holder["pid"]) in (None, started)
 
 
 def describe(holder: dict) -> str:
-    return f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})" if holder else "an unknown holder"
-
-
-def break_if_dead(entry: Path, holder: dict) -> bool:
-    """Remove the lock of a dead holder of this host (the same holder still, checked under the guard)."""
-    with open(entry / GUARD, "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        try:
-            now = holder_of(entry)
-            if now is None:
-                return True
-            if now != holder or alive(now) is not False:
-                return False
-            log.warning("[store] broke the lock of %s: left by %s, a process that is gone (a job killed mid-fit); "
-                        "resuming the entry", entry, describe(holder))
-            (entry / LOCK).unlink(missing_ok=True)
-            return True
-        finally:
-            fcntl.flock(guard, fcntl.LOCK_UN)
+    return f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})" if holder.get("pid") \
+        else "a job that has not written its name yet"
 
 
 class EntryLock:
-    """Context manager: hold `<entry>/.lock`, waiting for a live holder up to timeout_s."""
+    """Context manager: hold `<entry>/.lock`, waiting for a holder up to timeout_s."""
 
     def __init__(self, entry: Path, timeout_s: float = 0, poll_s: float = 5.0, what: str = ""):
-        if timeout_s is None or timeout_s < 0 or poll_s <= 0:
-            raise ValueError(f"store lock: timeout_s={timeout_s!r} must be >= 0 and poll_s={poll_s!r} > 0")
-        self.entry, self.timeout_s, self.poll_s, self.what = Path(entry), float(timeout_s), float(poll_s), what or Path(entry).name
-        self.mine: dict | None = None
+        for key, value, low in (("timeout_s", timeout_s, 0), ("poll_s", poll_s, 1e-9)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                raise ConfigError(f"store.lock.{key}={value!r} must be a number of seconds "
+                                  f"{'>= 0' if low == 0 else '> 0'}.")
+        self.entry, self.timeout_s, self.poll_s = Path(entry), float(timeout_s), float(poll_s)
+        self.what = what or self.entry.name
+        self.file = None
         self.waited_s = 0.0
-
-    def _try(self) -> bool:
-        try:
-            fd = os.open(self.entry / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        self.mine = me()
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.mine))
-        return True
 
     def __enter__(self) -> "EntryLock":
         self.entry.mkdir(parents=True, exist_ok=True)
+        f = open(self.entry / LOCK, "a+")
         start, announced = time.monotonic(), False
-        while not self._try():
-            holder = holder_of(self.entry)
-            if holder is None:  # released between our try and our read
-                continue
-            if holder and alive(holder) is False and break_if_dead(self.entry, holder):
-                continue
-            waited = time.monotonic() - start
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            holder, waited = _read(f), time.monotonic() - start
             if waited >= self.timeout_s:
+                f.close()
                 raise StoreBusyError(
                     f"{self.what} is held by another job, {describe(holder)}, and stayed held for the "
-                    f"{self.timeout_s:g} s this job may wait (store.lock.timeout_s). Rerun when that job ends (the entry "
-                    f"is then skipped or resumed), or raise store.lock.timeout_s; if that job is known to be gone, "
-                    f"delete {self.entry / LOCK}.")
+                    f"{self.timeout_s:g} s this job may wait (store.lock.timeout_s). Rerun when that job ends (the "
+                    f"entry is then skipped or resumed), or raise store.lock.timeout_s.")
             if not announced:
                 log.warning("[store] waiting for %s: another job holds it, %s; up to %g s (store.lock.timeout_s), "
                             "then this job skips or resumes it", self.what, describe(holder), self.timeout_s)
                 announced = True
             time.sleep(min(self.poll_s, max(self.timeout_s - waited, 0.01)))
-        self.waited_s = time.monotonic() - start
+        left = _read(f)
+        if left.get("pid"):
+            log.warning("[store] broke the lock of %s: left by %s, a job that ended without releasing it (killed); "
+                        "this job goes on with the entry", self.entry, describe(left))
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(me()))
+        f.flush()
+        self.file, self.waited_s = f, time.monotonic() - start
         if announced:
             log.info("[store] %s released after %.0f s of waiting", self.what, self.waited_s)
         return self
 
     def __exit__(self, *exc) -> None:
-        if holder_of(self.entry) == self.mine:
-            (self.entry / LOCK).unlink(missing_ok=True)
+        f, self.file = self.file, None
+        if f is None:
+            return
+        try:
+            f.seek(0)
+            f.truncate()  # nobody's: an empty lock file
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
