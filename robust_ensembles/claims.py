@@ -32,6 +32,7 @@ import torch
 
 from robust_ensembles import outcomes
 from robust_ensembles.paired import Difference, bootstrap_accuracies, paired_difference, percentile_interval
+from robust_ensembles.replicates import ReplicatedDifference, needed, replicated_difference
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive at this n"
 
@@ -183,3 +184,86 @@ def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alph
     return Verdict(f"(3) the single-robust-equivalent eps of {label} is about 2*alpha = {target:g}", v, detail,
                    {"alpha": alpha, "estimate": point, "low": low, "high": high, "band": list(band),
                     "tolerance": tolerance, "grid": grid, "samples": samples})
+
+
+# ----------------------------------------------------------------------------- over seed replicates
+def above(d: ReplicatedDifference, bound: float) -> tuple[str, str]:
+    """(verdict, text) of `first - second > bound` from the interval over seeds and test points: holds when
+    it lies wholly above the bound, fails when wholly below. With one replicate on a side the seed variance
+    is unknown: the verdict is then read from the test-point interval and says it covers only those. An
+    undecided one says what would decide it (`replicates.needed`)."""
+    if d.known:
+        low, high, covers = d.low, d.high, "seeds and test points"
+    else:
+        low, high, covers = d.points_only.low, d.points_only.high, "test points only: seed variance unknown"
+    v = HOLDS if low > bound else FAILS if high < bound else INCONCLUSIVE
+    text = f"{d.text()} ({v}, over {covers})"
+    if v == INCONCLUSIVE:
+        text += f"; would be decided by {needed(d, bound).text()}"
+    return v, text
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([r.float() for r in rows])
+
+
+def ensemble_beats_members(ensembles: list[dict], members: list[list[dict]], level: float, label: str) -> Verdict:
+    """(4) an ensemble's clean accuracy exceeds the mean of its members' (the paper's rho(theta-bar, 0) >
+    rho-bar(theta, 0)). `ensembles[b]` is the curve record of the ensemble of seed block b, `members[b]`
+    its members' own records: the replicates are paired (block b's ensemble against block b's members)."""
+    if len(ensembles) != len(members) or not ensembles:
+        raise ValueError("claim (4) needs one list of member records per ensemble record")
+    first = _stack([outcomes.under_curve(e, 0.0) for e in ensembles])
+    second = _stack([_stack([outcomes.under_curve(m, 0.0) for m in block]).mean(0) for block in members])
+    d = replicated_difference(first, second, level, paired_replicates=True)
+    v, text = above(d, 0.0)
+    seeds = [[m.get("members", [{}])[0].get("seed") for m in block] for block in members]
+    detail = (f"Clean, {label} - the mean of its members: {text}. Seed blocks {seeds}; {100 * level:g}% intervals.")
+    return Verdict(f"(4) {label} is more accurate on clean data than its members on average", v, detail,
+                   {"clean": d.to_dict(), "blocks": seeds})
+
+
+def per_point_auc(record: dict, eps_t: float) -> torch.Tensor:
+    """Each point's AUC(eps_t): (1/eps_t) x the trapezoid integral over the grid of 'still standing' (its
+    curve of 1s then 0s); their mean is the record's AUC, so AUCs compare point by point."""
+    grid = [e for e in record["curve"]["eps"] if e <= eps_t + 1e-12]
+    if not grid or not math.isclose(grid[-1], eps_t):
+        raise ValueError(f"AUC({eps_t}): eps_t must be on the grid {record['curve']['eps']}")
+    up = _stack([outcomes.under_curve(record, e) for e in grid])  # (len(grid), n)
+    widths = torch.tensor([e1 - e0 for e0, e1 in zip(grid, grid[1:])])[:, None]
+    return ((up[:-1] + up[1:]) / 2 * widths).sum(0) / eps_t
+
+
+def composites_vs_single(composite: list[dict], pair: list[dict], single: list[dict], eps: float, margin: float,
+                         level: float, auc_eps: float, labels: tuple[str, str, str]) -> Verdict:
+    """(5) composites against the single robust model trained at the composite's eps (each side a list of
+    replicate records, read on the same points): one composite more accurate on clean data, with robust
+    accuracy at eps at most `margin` below; two weighted composites at least as robust (within the margin);
+    AUC(auc_eps) of both against the single model's, reported."""
+    one, two, ref = labels
+    clean = lambda recs: _stack([outcomes.under_curve(r, 0.0) for r in recs])
+
+    def robust(first: list[dict], second: list[dict]) -> ReplicatedDifference:
+        both = set.intersection(*({outcomes.procedure(a) for a in outcomes.applicable(r, eps)} for r in first + second))
+        read = lambda recs: _stack([outcomes.worst_case(r, eps, procedures=both) for r in recs])  # the same attacks
+        return replicated_difference(read(first), read(second), level)
+
+    parts = {
+        f"clean, {one} - {ref}": (replicated_difference(clean(composite), clean(single), level), 0.0),
+        f"robust at eps={eps:g}, {one} - {ref}": (robust(composite, single), -margin),
+        f"robust at eps={eps:g}, {two} - {ref}": (robust(pair, single), -margin),
+    }
+    verdicts, texts = [], []
+    for name, (d, bound) in parts.items():
+        v, text = above(d, bound)
+        verdicts.append(v)
+        texts.append(f"{name}: {text}, must be above {100 * bound:+g} points")
+    auc = lambda recs: _stack([per_point_auc(r, auc_eps) for r in recs])
+    aucs = {name: replicated_difference(auc(recs), auc(single), level) for name, recs in ((one, composite), (two, pair))}
+    auc_text = "; ".join(f"AUC({auc_eps:g}) {name} - {ref}: {d.text()}" for name, d in aucs.items())
+    detail = (f"{'. '.join(texts)}. {auc_text} (reported, not judged). Non-inferiority margin {100 * margin:g} points; "
+              f"{100 * level:g}% intervals; a claim holds only if every part holds.")
+    return Verdict(f"(5) {one} is more accurate on clean data than {ref} and about as robust at eps={eps:g}; "
+                   f"{two} are at least as robust", combine(*verdicts), detail,
+                   {"parts": {k: d.to_dict() for k, (d, _) in parts.items()}, "auc": {k: d.to_dict() for k, d in aucs.items()},
+                    "margin": margin, "eps": eps})

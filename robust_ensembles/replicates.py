@@ -121,7 +121,8 @@ def replicated_difference(first, second, level: float = 0.95, paired_replicates:
     estimate = float(acc1.mean() - acc2.mean())
     d = a.mean(0) - b.mean(0)
     point_var = float(d.var(unbiased=True)) / n
-    if r1 == 1 and r2 == 1:
+    binary = bool(((a == 0) | (a == 1)).all() and ((b == 0) | (b == 1)).all())
+    if r1 == 1 and r2 == 1 and binary:
         points_only = paired_difference(a[0].bool(), b[0].bool(), level)
     else:
         half = z_of(level) * math.sqrt(point_var)
