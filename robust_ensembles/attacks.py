@@ -323,7 +323,14 @@ class APGD:
         twice.steps, twice.targeted_steps = 2 * self.steps, 2 * self.targeted_steps
         return twice
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    supports_warm_start = True
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None,
+                 x_init: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial examples of x within eps. `x_init` (a warm start, e.g. the perturbation found at
+        another radius): each point's attack starts from it, scaled onto this radius' sphere, instead of
+        a random start; the returned points that stand are then the highest-loss ones found (the next
+        warm start), not x."""
         from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
         eps = self.eps if eps is None else self.check_eps(eps)
@@ -331,6 +338,9 @@ class APGD:
         if eps == 0 or len(y) == 0:
             return x
         norm, device = self.NORMS[self.norm], x.device
+        if x_init is not None:
+            with eval_mode(model):
+                return self._warm(model, x, y, eps, on_sphere(x, x_init, eps, self.norm), norm, device)
         with eval_mode(model):
             x_adv = x
             if self.steps:
@@ -347,3 +357,44 @@ class APGD:
                     x_adv = x_adv.clone()
                     x_adv[standing] = x_t
         return x_adv.detach()
+
+    def _warm(self, model, x, y, eps, start, norm, device) -> torch.Tensor:
+        """APGD-CE, then APGD-T on the points it left standing, each from `start` (pyautoattack's single
+        runs, which take an initial point; `perturb` does not)."""
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+        torch.random.manual_seed(self.seed)
+        adv, fooled = start.clone(), torch.zeros(len(y), dtype=torch.bool, device=device)
+        if self.steps:
+            ce = APGDAttack(model, n_iter=self.steps, norm=norm, n_restarts=1, eps=eps, seed=self.seed, loss="ce",
+                            rho=self.rho, device=device)
+            ce.init_hyperparam(x)
+            best, acc, _, best_adv = ce.attack_single_run(x, y, start)
+            fooled = acc == 0
+            adv = torch.where(fooled[:, None, None, None], best_adv, best)
+        if self.target_classes:
+            targets = min(self.target_classes, model(x[:1]).shape[1] - 1)
+            t = APGDAttack_targeted(model, n_iter=self.targeted_steps, norm=norm, eps=eps, seed=self.seed, rho=self.rho,
+                                    n_target_classes=targets, device=device)
+            t.init_hyperparam(x)
+            with torch.no_grad():
+                order = model(x).sort(dim=1)[1]
+            for target in range(2, targets + 2):  # the most likely wrong classes first, as APGD-T's perturb
+                idx = (~fooled).nonzero().squeeze(1)
+                if not len(idx):
+                    break
+                t.y_target = order[idx, -target]
+                best, acc, _, best_adv = t.attack_single_run(x[idx], y[idx], adv[idx])
+                won = acc == 0
+                adv[idx[won]] = best_adv[won]
+                fooled[idx[won]] = True
+        return adv.detach()
+
+
+def on_sphere(x: torch.Tensor, x_init: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """x_init's perturbation of x scaled to size eps (L2 norm or Linf), kept in [0, 1]; a zero one stays x."""
+    delta = (x_init - x).flatten(1)
+    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
+    scale = torch.where(size > 0, eps / size.clamp_min(1e-12), torch.zeros_like(size))
+    return (x + (delta * scale[:, None]).view_as(x)).clamp(0, 1)
+

@@ -400,10 +400,11 @@ def bench_eval_attacks(cfg: DictConfig, device: torch.device, rep: Report) -> Re
         bs = base_cfg.evaluation.batch_size
         for name, attack in attacks.items():  # one after another on the same points, in one run
             torch.manual_seed(cfg.seed)
-            search = evaluations[name].search
+            search, warm = evaluations[name].search, evaluations[name].warm_start
             t0 = time.perf_counter()
             flips = all_flips[name] = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False,
-                                                             search).min_flip.cpu() for i in range(0, len(y), bs)])
+                                                             search, warm).min_flip.cpu() for i in range(0, len(y), bs)])
+            search += " warm" if warm else ""
             seconds[name] = time.perf_counter() - t0
             # against the reference (the current default) at every radius of the grid, point by point
             ref = all_flips.get("reference")

@@ -118,8 +118,11 @@ class _Extent:
 SEARCHES = ("scan", "bisect", "probe_bisect")
 
 
-def check_search(search: str, per_eps: bool) -> None:
-    """`evaluation.search` and `evaluation.per_eps` together, checked before anything runs."""
+def check_search(search: str, per_eps: bool, warm_start: bool = False, attack=None) -> None:
+    """`evaluation.search`, `evaluation.per_eps` and `evaluation.warm_start` together, checked before anything runs."""
+    if warm_start and attack is not None and not getattr(attack, "supports_warm_start", False):
+        raise ConfigError(f"evaluation.warm_start=true needs an attack that starts from a given point "
+                          f"(attack@evaluation.attack=apgd_eval); {attack!r} does not.")
     if search not in SEARCHES:
         raise ConfigError(f"evaluation.search={search!r} is unknown; use one of {list(SEARCHES)}.")
     if search != "scan" and per_eps:
@@ -128,7 +131,7 @@ def check_search(search: str, per_eps: bool) -> None:
 
 
 def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
-                per_eps: bool, search: str = "scan") -> GridAttack:
+                per_eps: bool, search: str = "scan", warm_start: bool = False) -> GridAttack:
     """Each point's smallest flipping radius on the grid `eps` (which starts at 0, `check_grid`).
 
     search="scan": radius after radius upward; per_eps=True attacks every point at every radius (its
@@ -136,10 +139,12 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     search="bisect": per point, a bisection over the grid (`bisect_grid`): about log2(len(eps)) attacks
     per point instead of one per radius it survives; cumulative outcomes only. search="probe_bisect":
     every point first at the grid's smallest radius, then a bisection for the points it leaves standing
-    (a model whose points mostly flip there, e.g. a natural one, pays one attack per point)."""
-    check_search(search, per_eps)
+    (a model whose points mostly flip there, e.g. a natural one, pays one attack per point).
+    warm_start=True: each point's attack after its first starts from the perturbation its last attack
+    found (at the previous radius, or another radius of the bisection), scaled onto the new sphere."""
+    check_search(search, per_eps, warm_start, attack)
     if search != "scan":
-        return bisect_grid(model, attack, x, y, eps, probe_first=search == "probe_bisect")
+        return bisect_grid(model, attack, x, y, eps, probe_first=search == "probe_bisect", warm_start=warm_start)
     model.eval()
     correct = predict(model, x) == y
     min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
@@ -148,12 +153,15 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
         correct_at = torch.zeros(len(y), len(eps), dtype=torch.bool, device=x.device)
         correct_at[:, 0] = correct
     extent = _Extent(attack.norm)
+    last = x.clone()  # each point's last adversarial example (warm_start)
     for i, e in enumerate(eps[1:], start=1):
         todo = torch.ones_like(correct) if per_eps else min_flip > eps[i - 1]
         if not todo.any():
             continue
         rows = todo.nonzero().squeeze(1)
-        x_adv = attack(model, x[todo], y[todo], eps=e)
+        x_adv = attack(model, x[todo], y[todo], eps=e, **({"x_init": last[todo]} if warm_start and i > 1 else {}))
+        if warm_start:
+            last[rows] = x_adv
         extent.add(x[todo], x_adv, torch.tensor(e, device=x.device))
         fooled = predict(model, x_adv) != y[todo]
         if per_eps:
@@ -164,13 +172,14 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
 
 
 def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
-                probe_first: bool = False) -> GridAttack:
+                probe_first: bool = False, warm_start: bool = False) -> GridAttack:
     """Per point, the smallest radius of the grid at which `attack` flipped it, found by bisection over
     the grid's indices: `lo` is the largest index known to stand (0: correct on the clean input), `hi`
     the smallest known to flip (len(eps): none yet); each round attacks every unresolved point at its
     midpoint (points grouped by radius, one attack call per radius) until hi = lo + 1. So the radius
     below a point's flip radius has always been attacked and stood: the flip radius is confirmed.
     `probe_first`: the first round attacks every point at the smallest nonzero radius instead.
+    `warm_start`: a point's attacks after its first start from its last one's perturbation.
     Assumes the attack's success grows with the radius, which the full scan does not need: the bench
     (`make bench-eval-attacks`) measures what that costs against the scan, point by point."""
     model.eval()
@@ -180,13 +189,16 @@ def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     lo = torch.zeros(n, dtype=torch.long, device=x.device)
     hi = torch.where(correct, torch.full_like(lo, top), torch.zeros_like(lo))  # wrong on the clean input: flips at 0
     extent = _Extent(attack.norm)
+    last, attacked = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
     first = probe_first
     while (open_ := hi - lo > 1).any():
         mid = torch.where(open_, torch.ones_like(lo), lo) if first else (lo + hi) // 2
         first = False
         for m in mid[open_].unique().tolist():
             rows = (open_ & (mid == m)).nonzero().squeeze(1)
-            x_adv = attack(model, x[rows], y[rows], eps=eps[m])
+            warm = warm_start and bool(attacked[rows].all())  # a round's points were all attacked before, or none
+            x_adv = attack(model, x[rows], y[rows], eps=eps[m], **({"x_init": last[rows]} if warm else {}))
+            last[rows], attacked[rows] = x_adv, True
             extent.add(x[rows], x_adv, radii[m])
             fooled = predict(model, x_adv) != y[rows]
             hi[rows[fooled]] = m
@@ -203,13 +215,13 @@ class EnsembleEvaluation(pl.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, attack: PGD | APGD, eps_grid: Sequence[float], per_eps: bool,
-                 search: str = "scan"):
+                 search: str = "scan", warm_start: bool = False):
         super().__init__()
         self.model = model.eval()
         self.attack = attack
         self.eps = check_grid(eps_grid)
-        check_search(search, per_eps)
-        self.per_eps, self.search = per_eps, search
+        check_search(search, per_eps, warm_start, attack)
+        self.per_eps, self.search, self.warm_start = per_eps, search, warm_start
         self.curve: Curve | None = None
         self.min_flip: torch.Tensor | None = None      # (n,) per point, after the test epoch
         self.correct_at: torch.Tensor | None = None    # (n, len(eps)) bool, per_eps=True only
@@ -220,7 +232,7 @@ class EnsembleEvaluation(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        g = attack_grid(self.model, self.attack, x, y, self.eps, self.per_eps, self.search)
+        g = attack_grid(self.model, self.attack, x, y, self.eps, self.per_eps, self.search, self.warm_start)
         self._max_ratio, self._lo, self._hi = max(self._max_ratio, g.max_norm_ratio), min(self._lo, g.lo), max(self._hi, g.hi)
         self._min_flip.append(g.min_flip.cpu())
         if self.per_eps:

@@ -42,8 +42,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """The curve record of the configured model, with its AutoAttack record under "autoattack"
     when `evaluation.autoattack.eps` is set (None when it is pending)."""
     check(cfg)
-    check_search(cfg.evaluation.search, cfg.evaluation.per_eps)
     attack = instantiate(cfg.evaluation.attack)
+    check_search(cfg.evaluation.search, cfg.evaluation.per_eps, cfg.evaluation.warm_start, attack)
     model, runs, label = members.build(cfg)
     result = curve_record(cfg, model, runs, label, attack)
     if cfg.evaluation.autoattack.eps is not None:
@@ -108,7 +108,8 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
                                                               ("attack", "eps_grid", "per_eps", "precision"))
                                # memory format changes the time, not the numbers (records before the option: NCHW)
                                and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False)
-                               and spec["evaluation"].get("search", "scan") == ev.get("search", "scan"))
+                               and spec["evaluation"].get("search", "scan") == ev.get("search", "scan")
+                               and spec["evaluation"].get("warm_start", False) == ev.get("warm_start", False))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
@@ -126,10 +127,13 @@ def test_points(cfg: DictConfig) -> dict:
 def evaluation_spec(cfg: DictConfig) -> dict:
     """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
     the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
-    every record made before the option used, so those records keep their keys."""
+    every record made before the option used, and `warm_start` only where it is on, so those records keep
+    their keys."""
     ev = {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items() if k not in ("autoattack", "force")}
     if ev.get("search", "scan") == "scan":
         ev.pop("search", None)
+    if not ev.get("warm_start", False):
+        ev.pop("warm_start", None)
     return ev
 
 
@@ -158,7 +162,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
     trainer, logger = jobs.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)
     datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
     module = EnsembleEvaluation(in_memory_format(model, cfg), attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps,
-                                cfg.evaluation.search)
+                                cfg.evaluation.search, cfg.evaluation.warm_start)
     with jobs.tracked():
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -46,12 +46,15 @@ def closed_form_radius(model: Linear, x: torch.Tensor, y: torch.Tensor) -> tuple
 class ExactLinearAttack:
     """The optimal L2 attack on a linear model: step to the nearest decision boundary if it is within eps."""
     norm = "l2"
+    supports_warm_start = True  # (and needs none: it is exact)
 
     def __init__(self):
         self.calls: list[int] = []
+        self.warm: list[bool] = []
 
-    def __call__(self, model, x, y, eps):
+    def __call__(self, model, x, y, eps, x_init=None):
         self.calls.append(len(y))
+        self.warm.append(x_init is not None)
         r, direction = closed_form_radius(model, x, y)
         step = torch.clamp(r * (1 + 1e-4) + 1e-6, max=eps)
         return (x.flatten(1) + step[:, None] * direction).view_as(x)
@@ -75,6 +78,10 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
     bisect = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect").min_flip
     probed = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="probe_bisect").min_flip
     assert torch.equal(scan, expected) and torch.equal(bisect, expected) and torch.equal(probed, expected)
+    for search in ("scan", "bisect", "probe_bisect"):  # warm starts change where an attack starts, not the search
+        attack = ExactLinearAttack()
+        warm = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=True).min_flip
+        assert torch.equal(warm, expected) and not attack.warm[0] and all(attack.warm[1:])
     assert 0 < (expected == math.inf).sum() < len(y) and (expected == 0).sum() == 20  # every kind of point occurs
     curve = curve_from_min_flip(bisect, GRID, None)
     assert all(a >= b for a, b in zip(curve.cumulative, curve.cumulative[1:]))  # monotone
@@ -101,8 +108,8 @@ def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_
     x, y = _points(model, n=120)
     r, _ = closed_form_radius(model, x, y)
     attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
-    for search in ("scan", "bisect", "probe_bisect"):
-        g = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search)
+    for search, warm in (("scan", False), ("bisect", False), ("probe_bisect", False), ("scan", True), ("bisect", True)):
+        g = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=warm)
         assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
         found = g.min_flip < math.inf
         assert found.any() and (g.min_flip[found] >= r[found] - 1e-5).all()  # no flip below the smallest possible
@@ -134,3 +141,14 @@ def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
     bisect = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=bisect"], tmp_path,
                                            "evaluate"))
     assert "search" not in scan and bisect == {**scan, "search": "bisect"}
+
+
+def test_a_warm_start_needs_an_attack_that_takes_one():
+    from robust_ensembles.attacks import PGD
+
+    pgd = PGD(eps=0.0, norm="l2", steps=2, rel_step_size=2.5, step_size=None, random_start=True, keep_best=True,
+              tiny=1e-12, key="evaluation.attack")
+    model = Linear()
+    x, y = _points(model, n=8)
+    with pytest.raises(ConfigError, match="evaluation.warm_start=true needs an attack that starts from a given point"):
+        attack_grid(model, pgd, x, y, GRID, per_eps=False, warm_start=True)
