@@ -328,9 +328,10 @@ class APGD:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None = None,
                  x_init: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial examples of x within eps. `x_init` (a warm start, e.g. the perturbation found at
-        another radius): each point's attack starts from it, scaled onto this radius' sphere, instead of
-        a random start; the returned points that stand are then the highest-loss ones found (the next
-        warm start), not x."""
+        another radius): each point's attack starts from it, scaled onto this radius' sphere (a point whose
+        x_init is x itself: from a random point of that sphere), one start per point (`restarts` is for the
+        cold path); the returned points that stand are then the highest-loss ones found (the next warm
+        start), not x."""
         from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
         eps = self.eps if eps is None else self.check_eps(eps)
@@ -340,6 +341,7 @@ class APGD:
         norm, device = self.NORMS[self.norm], x.device
         if x_init is not None:
             with eval_mode(model):
+                torch.random.manual_seed(self.seed)
                 return self._warm(model, x, y, eps, on_sphere(x, x_init, eps, self.norm), norm, device)
         with eval_mode(model):
             x_adv = x
@@ -363,7 +365,6 @@ class APGD:
         runs, which take an initial point; `perturb` does not)."""
         from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-        torch.random.manual_seed(self.seed)
         adv, fooled = start.clone(), torch.zeros(len(y), dtype=torch.bool, device=device)
         if self.steps:
             ce = APGDAttack(model, n_iter=self.steps, norm=norm, n_restarts=1, eps=eps, seed=self.seed, loss="ce",
@@ -371,7 +372,7 @@ class APGD:
             ce.init_hyperparam(x)
             best, acc, _, best_adv = ce.attack_single_run(x, y, start)
             fooled = acc == 0
-            adv = torch.where(fooled[:, None, None, None], best_adv, best)
+            adv = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), best_adv, best)
         if self.target_classes:
             targets = min(self.target_classes, model(x[:1]).shape[1] - 1)
             t = APGDAttack_targeted(model, n_iter=self.targeted_steps, norm=norm, eps=eps, seed=self.seed, rho=self.rho,
@@ -392,9 +393,13 @@ class APGD:
 
 
 def on_sphere(x: torch.Tensor, x_init: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """x_init's perturbation of x scaled to size eps (L2 norm or Linf), kept in [0, 1]; a zero one stays x."""
+    """x_init's perturbation of x scaled to size eps (L2 norm or Linf), kept in [0, 1]; where it is zero (a
+    point's first attack), a random direction (torch's generator: seed it first)."""
     delta = (x_init - x).flatten(1)
-    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(1)
-    scale = torch.where(size > 0, eps / size.clamp_min(1e-12), torch.zeros_like(size))
-    return (x + (delta * scale[:, None]).view_as(x)).clamp(0, 1)
+    size = lambda d: d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+    zero = size(delta) == 0
+    if zero.any():
+        delta = delta.clone()
+        delta[zero] = torch.randn_like(delta[zero]) if norm == "l2" else 2 * torch.rand_like(delta[zero]) - 1
+    return (x + (delta * (eps / size(delta).clamp_min(1e-12))[:, None]).view_as(x)).clamp(0, 1)
 

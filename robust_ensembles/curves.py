@@ -140,8 +140,9 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     per point instead of one per radius it survives; cumulative outcomes only. search="probe_bisect":
     every point first at the grid's smallest radius, then a bisection for the points it leaves standing
     (a model whose points mostly flip there, e.g. a natural one, pays one attack per point).
-    warm_start=True: each point's attack after its first starts from the perturbation its last attack
-    found (at the previous radius, or another radius of the bisection), scaled onto the new sphere."""
+    warm_start=True: each point's attack starts from the perturbation its last attack found (at the
+    previous radius, or another radius of the bisection), scaled onto the new sphere; its first from a
+    random point of the sphere, through the same single-start path."""
     check_search(search, per_eps, warm_start, attack)
     if search != "scan":
         return bisect_grid(model, attack, x, y, eps, probe_first=search == "probe_bisect", warm_start=warm_start)
@@ -153,13 +154,13 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
         correct_at = torch.zeros(len(y), len(eps), dtype=torch.bool, device=x.device)
         correct_at[:, 0] = correct
     extent = _Extent(attack.norm)
-    last = x.clone()  # each point's last adversarial example (warm_start)
+    last = x.clone()  # each point's last adversarial example (warm_start; x itself: a random start on the sphere)
     for i, e in enumerate(eps[1:], start=1):
         todo = torch.ones_like(correct) if per_eps else min_flip > eps[i - 1]
         if not todo.any():
             continue
         rows = todo.nonzero().squeeze(1)
-        x_adv = attack(model, x[todo], y[todo], eps=e, **({"x_init": last[todo]} if warm_start and i > 1 else {}))
+        x_adv = attack(model, x[todo], y[todo], eps=e, **({"x_init": last[todo]} if warm_start else {}))
         if warm_start:
             last[rows] = x_adv
         extent.add(x[todo], x_adv, torch.tensor(e, device=x.device))
@@ -189,16 +190,15 @@ def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     lo = torch.zeros(n, dtype=torch.long, device=x.device)
     hi = torch.where(correct, torch.full_like(lo, top), torch.zeros_like(lo))  # wrong on the clean input: flips at 0
     extent = _Extent(attack.norm)
-    last, attacked = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    last = x.clone()  # each point's last adversarial example (warm_start; x itself: a random start on the sphere)
     first = probe_first
     while (open_ := hi - lo > 1).any():
         mid = torch.where(open_, torch.ones_like(lo), lo) if first else (lo + hi) // 2
         first = False
         for m in mid[open_].unique().tolist():
             rows = (open_ & (mid == m)).nonzero().squeeze(1)
-            warm = warm_start and bool(attacked[rows].all())  # a round's points were all attacked before, or none
-            x_adv = attack(model, x[rows], y[rows], eps=eps[m], **({"x_init": last[rows]} if warm else {}))
-            last[rows], attacked[rows] = x_adv, True
+            x_adv = attack(model, x[rows], y[rows], eps=eps[m], **({"x_init": last[rows]} if warm_start else {}))
+            last[rows] = x_adv
             extent.add(x[rows], x_adv, radii[m])
             fooled = predict(model, x_adv) != y[rows]
             hi[rows[fooled]] = m

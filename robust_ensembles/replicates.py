@@ -42,17 +42,10 @@ from robust_ensembles.paired import Difference, paired_difference, z_of
 
 
 def t_quantile(level: float, df: float) -> float:
-    """Two-sided Student t quantile (scipy where present, else a Cornish-Fisher expansion of the normal's)."""
-    try:
-        from scipy.stats import t
+    """Two-sided Student t quantile at `level` with `df` degrees of freedom (fractional df allowed)."""
+    from scipy.stats import t
 
-        return float(t.ppf(0.5 + level / 2, df))
-    except ImportError:  # Hill (1970)'s expansion: within 1e-3 of the exact value for df >= 2
-        z = NormalDist().inv_cdf(0.5 + level / 2)
-        g1 = (z ** 3 + z) / 4
-        g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
-        g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
-        return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+    return float(t.ppf(0.5 + level / 2, df))
 
 
 @dataclass
@@ -120,7 +113,9 @@ def replicated_difference(first, second, level: float = 0.95, paired_replicates:
     acc1, acc2 = a.mean(1), b.mean(1)
     estimate = float(acc1.mean() - acc2.mean())
     d = a.mean(0) - b.mean(0)
-    point_var = float(d.var(unbiased=True)) / n
+    # one pseudo-point each way (as Bonett-Price's pseudo-counts): identical outcomes on every point still
+    # leave an interval of nonzero width
+    point_var = float(torch.cat([d, torch.tensor([1.0, -1.0])]).var(unbiased=True)) / (n + 2)
     binary = bool(((a == 0) | (a == 1)).all() and ((b == 0) | (b == 1)).all())
     if r1 == 1 and r2 == 1 and binary:
         points_only = paired_difference(a[0].bool(), b[0].bool(), level)
@@ -149,12 +144,15 @@ def replicated_difference(first, second, level: float = 0.95, paired_replicates:
 @dataclass
 class Needed:
     """What would decide: test points at the current replicates, replicate sets at the current points
-    (math.inf: that lever alone cannot, e.g. more points when retraining noise alone is too wide)."""
+    (math.inf: that lever alone cannot, e.g. more points when retraining noise alone is too wide;
+    None: unknown, a side has one replicate and its seed variance needs a second to be estimated)."""
     points: float
-    replicate_sets: float
+    replicate_sets: float | None
 
     def text(self) -> str:
         pts = "more test points alone cannot" if math.isinf(self.points) else f"about {self.points:,.0f} test points"
+        if self.replicate_sets is None:
+            return f"{pts} (a lower bound: the seed variance is unknown until a side has 2 replicates)"
         reps = ("more seed sets alone cannot" if math.isinf(self.replicate_sets)
                 else f"{self.replicate_sets:.0f} seed sets at this n")
         return f"{pts}, or {reps}"
@@ -162,19 +160,23 @@ class Needed:
 
 def needed(d: ReplicatedDifference, bound: float, level: float | None = None) -> Needed:
     """The test points or replicate sets at which an interval of `d`'s observed difference and variances
-    would lie wholly on the estimate's side of `bound` (the margin or zero a verdict compares with).
-    Normal quantile (the planning approximation); replicate sets scale both sides' replicates together;
-    with one replicate the retraining variance is unknown and taken as zero for the points figure,
-    which is then a lower bound (the text of `d` says the variance is unknown)."""
-    z = z_of(level or d.level)
-    room = (abs(d.estimate - bound) / z) ** 2  # the variance the interval may have
+    would lie wholly on the estimate's side of `bound` (the margin or zero a verdict compares with), with
+    the quantile of the interval itself (t at `d`'s degrees of freedom; the normal one when the seed
+    variance is unknown). Replicate sets scale both sides' replicates together. For an undecided `d`
+    both figures exceed what it has. With one replicate on a side the seed variance is unknown: the points figure
+    takes it as zero and is then a lower bound, and no replicate figure is given."""
+    level = level or d.level
+    q = t_quantile(level, d.df) if d.known and d.df is not None and math.isfinite(d.df) else z_of(level)
+    room = (abs(d.estimate - bound) / q) ** 2  # the variance the interval may have
     if room == 0:
-        return Needed(math.inf, math.inf)
-    point_var_per_point = d.point_se ** 2 * d.n   # var(d_i)
+        return Needed(math.inf, math.inf if d.known else None)
+    point_var_per_point = d.point_se ** 2 * (d.n + 2)   # var(d_i), as the interval computes it
     seed_var = d.seed_se ** 2 if d.known else 0.0
-    points = math.inf if seed_var >= room else point_var_per_point / (room - seed_var)
+    points = math.inf if seed_var >= room else math.ceil(point_var_per_point / (room - seed_var))
+    if not d.known:
+        return Needed(points, None)
     reps = math.inf
-    if d.known and d.point_se ** 2 < room:
+    if d.point_se ** 2 < room:
         k = seed_var / (room - d.point_se ** 2)   # the factor the replicates must grow by
-        reps = max(1.0, math.ceil(k * max(d.replicates)))
-    return Needed(math.ceil(points) if math.isfinite(points) else math.inf, reps)
+        reps = max(2, math.ceil(k * max(d.replicates)))
+    return Needed(points, reps)

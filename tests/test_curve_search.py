@@ -81,7 +81,7 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
     for search in ("scan", "bisect", "probe_bisect"):  # warm starts change where an attack starts, not the search
         attack = ExactLinearAttack()
         warm = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=True).min_flip
-        assert torch.equal(warm, expected) and not attack.warm[0] and all(attack.warm[1:])
+        assert torch.equal(warm, expected) and all(attack.warm)  # every attack through the warm path
     assert 0 < (expected == math.inf).sum() < len(y) and (expected == 0).sum() == 20  # every kind of point occurs
     curve = curve_from_min_flip(bisect, GRID, None)
     assert all(a >= b for a, b in zip(curve.cumulative, curve.cumulative[1:]))  # monotone
@@ -108,8 +108,10 @@ def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_
     x, y = _points(model, n=120)
     r, _ = closed_form_radius(model, x, y)
     attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
-    for search, warm in (("scan", False), ("bisect", False), ("probe_bisect", False), ("scan", True), ("bisect", True)):
-        g = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=warm)
+    ce_t = APGD(eps=0.0, norm="l2", steps=5, restarts=1, target_classes=2, targeted_steps=5, rho=0.75, seed=0)
+    for a, search, warm in ((attack, "scan", False), (attack, "bisect", False), (attack, "probe_bisect", False),
+                            (attack, "scan", True), (attack, "bisect", True), (ce_t, "bisect", True)):
+        g = attack_grid(model, a, x, y, GRID, per_eps=False, search=search, warm_start=warm)
         assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
         found = g.min_flip < math.inf
         assert found.any() and (g.min_flip[found] >= r[found] - 1e-5).all()  # no flip below the smallest possible
@@ -152,3 +154,14 @@ def test_a_warm_start_needs_an_attack_that_takes_one():
     x, y = _points(model, n=8)
     with pytest.raises(ConfigError, match="evaluation.warm_start=true needs an attack that starts from a given point"):
         attack_grid(model, pgd, x, y, GRID, per_eps=False, warm_start=True)
+
+
+def test_a_warm_start_never_returns_an_unattacked_point():
+    """A warm attack's standing points come back at their highest-loss point on the sphere, never x itself
+    (which would make the next radius start from no perturbation at all)."""
+    model = Linear()
+    x, y = _points(model, n=60)
+    attack = APGD(eps=0.0, norm="l2", steps=3, restarts=1, target_classes=1, targeted_steps=3, rho=0.75, seed=0)
+    x_adv = attack(model, x.view(60, 1, 3, 4), y, eps=0.05, x_init=x.view(60, 1, 3, 4))
+    moved = (x_adv.flatten(1) - x).norm(dim=1)
+    assert (moved > 0).all() and (moved <= 0.05 + 1e-5).all()

@@ -84,7 +84,9 @@ def test_points_needed_matches_a_brute_force_simulation():
     target = needed(big, bound=0.0, level=0.95).points
     assert 200 < target < 5000, target
     cleared = {f: sum(compare(int(f * target)).low > 0 for _ in range(200)) / 200 for f in (0.5, 1, 2)}
-    assert 0.35 <= cleared[1] <= 0.65 and cleared[0.5] < cleared[1] < cleared[2], cleared
+    # about half at that n (fewer: with 4 replicates the seed part, estimated anew on each sample, widens
+    # some intervals beyond the plan's), fewer at half of it, more at twice
+    assert 0.25 <= cleared[1] <= 0.65 and cleared[0.5] < cleared[1] < cleared[2], cleared
 
 
 def test_seed_noise_that_points_cannot_beat_is_said_so():
@@ -98,6 +100,21 @@ def test_seed_noise_that_points_cannot_beat_is_said_so():
 
 
 def test_t_quantile():
-    assert t_quantile(0.95, 2) == pytest.approx(4.303, rel=0.05)
+    assert t_quantile(0.95, 1) == pytest.approx(12.706, abs=0.001)
+    assert t_quantile(0.95, 2) == pytest.approx(4.303, abs=0.001)
     assert t_quantile(0.95, 10) == pytest.approx(2.228, abs=0.01)
     assert t_quantile(0.95, 1e6) == pytest.approx(1.960, abs=0.001)
+
+
+def test_identical_outcomes_still_give_an_interval_of_some_width():
+    same = torch.ones(3, 50)
+    d = replicated_difference(same, same.clone())
+    assert d.estimate == 0 and d.low < 0 < d.high
+
+
+def test_with_one_replicate_what_would_decide_is_a_lower_bound_and_names_the_second_replicate():
+    g = torch.Generator().manual_seed(5)
+    q = 0.2 + 0.6 * torch.rand(300, generator=g)
+    d = replicated_difference(generate(g, 1, 300, 0.02, 0.0, q), generate(g, 4, 300, 0.0, 0.0, q))
+    want = needed(d, 0.0)
+    assert want.replicate_sets is None and "lower bound" in want.text() and "2 replicates" in want.text()

@@ -318,7 +318,8 @@ def test_store_ls_gc_and_errors_on_a_miniature_store(tmp_path):
     assert dead.exists()
     done = run_module(["robust_ensembles.store", "gc", "--apply", *_paths(tmp_path)])
     assert done.returncode == 0 and "removed 3 items" in done.stdout
-    assert not dead.exists() and [p.name for p in (root / "records" / "curve").glob("*.json")] == [curve.name]
+    assert dead not in store.entries(root) and [p.name for p in dead.iterdir()] == [".lock"]  # only its (free) lock left
+    assert [p.name for p in (root / "records" / "curve").glob("*.json")] == [curve.name]
     assert admin.verify(root).sound
 
     for args, says in [(["robust_ensembles.store", "fsck"], "invalid choice: 'fsck'"),

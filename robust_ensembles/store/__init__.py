@@ -38,7 +38,7 @@ is versioned (`IDENTITY_SCHEME`, in every identity and in `<store>/STORE.json`);
 scheme is refused with the command that migrates it (`python -m robust_ensembles.store migrate`).
 
 Jobs that meet another's lock on an entry wait for it (`store.lock.timeout_s`), then skip or resume
-the entry; a lock left by a dead process of this host is broken with a warning (`locks`).
+the entry; a lock is a flock, so it dies with its job (`locks`).
 
 Every file is written to a temporary file and renamed (`write_atomic`, `save_atomic`), so a kill
 during a write leaves the previous complete file. The store imports no model code: it returns
@@ -360,8 +360,8 @@ class Run:
 
     def lock(self, timeout_s: float = 0, poll_s: float = 5.0) -> EntryLock:
         """Exclusive hold on the entry, so two jobs never train the same model at once: a job that meets
-        another's lock waits for it up to `timeout_s` (then StoreBusyError); a lock left by a dead process
-        of this host is broken with a warning. Re-check `complete` once held."""
+        another's lock waits for it up to `timeout_s` (then StoreBusyError); a lock dies with its job
+        (`locks`). Re-check `complete` once held."""
         return EntryLock(self.path, timeout_s=timeout_s, poll_s=poll_s, what=f"{describe_identity(self.identity)} ({self.key})")
 
     def begin(self, cfg: DictConfig) -> None:

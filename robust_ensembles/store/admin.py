@@ -19,9 +19,10 @@ from robust_ensembles import registry
 from robust_ensembles.errors import StoreBusyError, StoreIntegrityError, StoreSchemeError
 from robust_ensembles.store import (IDENTITY_SCHEME, describe_identity, MARKER, RECORDS, STORE_FILE, Run, entries, key_of,
                                     read_record, record_path, scheme_of, sha256_json, write_atomic)
-from robust_ensembles.store.locks import describe, holder_of
+from robust_ensembles.store.locks import LOCK, EntryLock, describe, holder_of
 
 MIGRATIONS = "MIGRATIONS.json"   # <store>/MIGRATIONS.json: every key a migration renamed, old -> new
+SUPERSEDED = "superseded"        # <store>/superseded/<old key>: a scheme-1 copy of a model the store holds again
 _TMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
@@ -232,8 +233,12 @@ def garbage(root: Path, versions: Mapping[str, int], resumable: bool = False) ->
             out.append((path, "incomplete entry, no job holds it, nothing to resume from"))
     now = time.time()
     for path in sorted(root.rglob(".*.tmp*")):
-        if _TMP.match(path.name) and now - path.stat().st_mtime > STALE_TMP_S:
-            out.append((path, f"temporary file untouched for {(now - path.stat().st_mtime) / 3600:.1f} h (its writer died)"))
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:  # renamed by its writer meanwhile
+            continue
+        if _TMP.match(path.name) and age > STALE_TMP_S:
+            out.append((path, f"temporary file untouched for {age / 3600:.1f} h (its writer died)"))
     return out
 
 
@@ -241,9 +246,17 @@ def collect(items: list[tuple[Path, str]]) -> int:
     """Remove what `garbage` listed; returns the bytes freed."""
     freed = 0
     for path, _ in items:
-        if path.is_dir():
-            freed += _size(path)
-            shutil.rmtree(path)
+        if path.is_dir():  # an incomplete entry: removed while holding its lock, so no job starts on it meanwhile
+            try:
+                with EntryLock(path, timeout_s=0):
+                    if (path / MARKER).is_file():
+                        continue  # completed meanwhile
+                    for part in path.iterdir():
+                        if part.name != LOCK:
+                            freed += _size(part) if part.is_dir() else part.stat().st_size
+                            shutil.rmtree(part) if part.is_dir() else part.unlink()
+            except StoreBusyError:
+                continue  # a job took it meanwhile
         elif path.exists():
             freed += path.stat().st_size
             png = path.with_suffix(".png")
@@ -324,9 +337,13 @@ def migrate(root: Path, apply: bool) -> Migration:
         bucket = out.composites if "backbones" in new_ident else out.models
         target = root / new
         if target.exists() and target != path:
-            if (target / MARKER).is_file():
+            if (target / MARKER).is_file():  # the same model, trained again under the new scheme: keep that one
+                aside = root / SUPERSEDED / path.name
                 out.skipped.append(f"{path.name}: {new} exists already (the same model, trained under the new scheme); "
-                                   f"records and composites now name {new}; delete {path} by hand")
+                                   f"records and composites now name {new}; the old copy is moved to {aside}")
+                if apply:
+                    aside.parent.mkdir(exist_ok=True)
+                    os.rename(path, aside)
                 continue
             out.skipped.append(f"{path.name}: an incomplete {new} is in the way; delete one of the two and run again")
             continue
@@ -358,17 +375,26 @@ def migrate(root: Path, apply: bool) -> Migration:
             continue
         body["sha256"] = sha256_json(body)
         dest = record_path(root, path.parent.name, {}, key=new)
+        if dest != path and dest.exists():  # a record of the new scheme (or another old one) holds that key
+            out.skipped.append(f"{RECORDS}/{path.parent.name}/{path.name}: {dest.name} exists already; the old record "
+                               f"is left as it is (gc removes it)")
+            del out.records[f"{path.parent.name}/{path.stem}"]
+            continue
         write_atomic(dest, json.dumps(body, indent=2, sort_keys=True))
         png = path.with_suffix(".png")
         if png.is_file() and dest != path:
             os.replace(png, dest.with_suffix(".png"))
         if dest != path:
             path.unlink()
-    if apply:  # an entry renamed and rewritten by a migration killed before it sealed the entry
-        for path in entries(root):
-            marker = path / MARKER
-            if marker.is_file() and "files" not in json.loads(marker.read_text() or "{}") and \
-                    (ident := _identity(path)) is not None and ident.get("scheme") == IDENTITY_SCHEME:
+    if apply:  # an entry a migration renamed and rewrote, then was killed before it sealed the entry
+        for new in set(keys.values()):
+            path, marker = root / new, root / new / MARKER
+            try:
+                unsealed = marker.is_file() and "files" not in json.loads(marker.read_text())
+            except json.JSONDecodeError:
+                out.skipped.append(f"{new}: its {MARKER} marker is unreadable (verify reports it)")
+                continue
+            if unsealed and (ident := _identity(path)) is not None and ident.get("scheme") == IDENTITY_SCHEME:
                 _reseal(Run(path, ident))
                 out.sealed += 1
         write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")

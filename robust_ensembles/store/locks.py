@@ -49,12 +49,12 @@ def holder_of(entry: Path) -> dict | None:
     does. Reads without taking the lock."""
     path = Path(entry) / LOCK
     try:
-        f = open(path, "r+")
-    except FileNotFoundError:
+        f = open(path)
+    except (FileNotFoundError, PermissionError):
         return None
     with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (a job taking the lock this instant retries: __enter__)
         except BlockingIOError:
             return _read(f)
         fcntl.flock(f, fcntl.LOCK_UN)
@@ -82,7 +82,14 @@ class EntryLock:
     def __enter__(self) -> "EntryLock":
         self.entry.mkdir(parents=True, exist_ok=True)
         f = open(self.entry / LOCK, "a+")
-        start, announced = time.monotonic(), False
+        try:
+            return self._take(f)
+        except BaseException:
+            f.close()
+            raise
+
+    def _take(self, f) -> "EntryLock":
+        start, announced, glance = time.monotonic(), False, 0
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,8 +97,11 @@ class EntryLock:
             except BlockingIOError:
                 pass
             holder, waited = _read(f), time.monotonic() - start
+            if not holder and glance < 5:  # an empty lock held an instant: `holder_of` looking, or a holder starting
+                glance += 1
+                time.sleep(0.05)
+                continue
             if waited >= self.timeout_s:
-                f.close()
                 raise StoreBusyError(
                     f"{self.what} is held by another job, {describe(holder)}, and stayed held for the "
                     f"{self.timeout_s:g} s this job may wait (store.lock.timeout_s). Rerun when that job ends (the "
