@@ -168,9 +168,12 @@ def _as_scheme1(root: Path) -> dict[str, str]:
         return json.loads(json.dumps(value).replace("robust_ensembles.adversarial_training.AdversarialTraining",
                                                     "robust_ensembles.training.AdversarialTraining"))
     keys = {}
-    for path in store.entries(root):
+    paths = sorted(store.entries(root), key=lambda p: "backbones" in json.loads((p / "identity.json").read_text()))
+    for path in paths:  # composites last: they name their backbones by the keys of their day
         ident = {k: v for k, v in json.loads((path / "identity.json").read_text()).items() if k != "scheme"}
         ident = old_paths(ident)
+        if "backbones" in ident:
+            ident["backbones"] = {role: keys[key] for role, key in ident["backbones"].items()}
         old = _scheme1_key(ident)
         keys[path.name] = old
         (path / "identity.json").write_text(json.dumps(ident))
@@ -216,6 +219,40 @@ def test_an_old_scheme_store_is_refused_then_migrated_without_retraining_and_fou
     again = evaluate(ev)
     assert again["key"] == first["key"] and again["wall_s"] == first["wall_s"]  # the record is found, not recomputed
     assert admin.migrate(root, apply=True).moved == 0  # nothing left to move
+
+
+def test_a_killed_migration_of_a_store_with_a_composite_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    from robust_ensembles.finetune import finetune
+
+    base = [*TINY, "trainer.limit_train_batches=1"]
+    for alpha in (0.4, 0.05):
+        train(compose_train([*base, f"alpha={alpha}", "seed=0"], tmp_path))
+    finetune(compose_train([*base, "seed=0", "composite.max_epochs=1"], tmp_path, config_name="finetune"))
+    ev = compose_train([*base, *EVAL, "members=composite", "composite.max_epochs=1"], tmp_path, "evaluate")
+    first = evaluate(ev)
+    root = tmp_path / "store"
+    keys = sorted(p.name for p in store.entries(root))
+    _as_scheme1(root)
+    composite_old = next(p for p in store.entries(root) if "backbones" in json.loads((p / "identity.json").read_text()))
+    assert set(json.loads((composite_old / "identity.json").read_text())["backbones"].values()).isdisjoint(keys)
+    # killed after the first entry moved: its identity rewritten, nothing else
+    real, calls = admin.os.rename, []
+    def rename_once(src, dst):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(src)
+        real(src, dst)
+    monkeypatch.setattr(admin.os, "rename", rename_once)
+    with pytest.raises(KeyboardInterrupt):
+        admin.migrate(root, apply=True)
+    monkeypatch.setattr(admin.os, "rename", real)
+    assert (root / admin.MIGRATIONS).is_file()  # the whole plan was written before anything moved
+    done = admin.migrate(root, apply=True)
+    assert sorted(p.name for p in store.entries(root)) == keys  # every model and the composite at its key
+    assert len(done.composites) == 1 and admin.verify(root).sound
+    store._CURRENT_ROOTS.clear()
+    again = evaluate(ev)  # the composite's backbones found through their new keys, the record through its new key
+    assert again["key"] == first["key"] and again["wall_s"] == first["wall_s"]
 
 
 # ----------------------------------------------------------------------------- jobs that wait
