@@ -64,7 +64,7 @@ def test_flipped_bytes_in_stored_weights_are_refused_by_evaluate_and_listed_by_v
     assert not (tmp_path / "store" / "records").exists()  # no number from damaged weights
     v = run_module(["robust_ensembles.store", "verify", *_paths(tmp_path)])
     assert v.returncode == 1
-    assert f"damaged entry {run.key} (alpha=0.1 seed=0): model.pt has sha256" in v.stdout and "1 problems" in v.stdout
+    assert f"damaged entry {run.key} (alpha=0.1 seed=0): model.pt has sha256" in v.stdout and "1 problem (restore" in v.stdout
 
 
 def test_every_served_file_is_in_the_manifest_and_a_sound_store_verifies(tmp_path):

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{root}: {v.entries} complete entries ({v.files} files, {v.bytes / 1e6:.1f} MB) and {v.records} records "
               f"checked, {v.incomplete} incomplete entries not judged: "
-              + ("all sound" if v.sound else f"{len(v.problems)} problems (restore those files from a copy, or delete "
+              + ("all sound" if v.sound else f"{len(v.problems)} problem{'' if len(v.problems) == 1 else 's'} (restore those files from a copy, or delete "
                                              f"the entries and rerun their commands; damaged records are recomputed)"))
         return 0 if v.sound else 1
     if args.command == "gc":
