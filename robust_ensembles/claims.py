@@ -85,41 +85,145 @@ def within(d: Difference, margin: float) -> str:
     return FAILS if d.low > margin or d.high < -margin else INCONCLUSIVE
 
 
-def ensemble_vs_single(ensemble: dict, single: dict, eps: float, margin: float, level: float,
+def equivalence_level(level: float) -> float:
+    """The two one-sided tests' interval level for an equivalence verdict at `level` (TOST: each side tested
+    at 1 - level, so the interval is 1 - 2 (1 - level): 90 % for the 95 % of the other verdicts)."""
+    return 1 - 2 * (1 - level)
+
+
+def as_replicates(records) -> list[dict]:
+    """One record or a list of replicate records (single models of different seeds, or K-ensembles of
+    disjoint seed blocks), as a list."""
+    return [records] if isinstance(records, dict) else list(records)
+
+
+def worst_case_replicates(sides: list[list[dict]], eps: float) -> tuple[list[torch.Tensor], set]:
+    """Each side's (R, n) per-point outcomes at eps, every record read under the same attacks: the curve, and
+    a per-point attack record only where every record of every side has one of that procedure (else one
+    replicate would face an attack another did not). Returns the matrices and the procedures used."""
+    records = [r for side in sides for r in side]
+    both = set.intersection(*({outcomes.procedure(a) for a in outcomes.applicable(r, eps)} for r in records))
+    return [_stack([outcomes.worst_case(r, eps, procedures=both) for r in side]) for side in sides], both
+
+
+def clean_replicates(side: list[dict]) -> torch.Tensor:
+    return _stack([outcomes.under_curve(r, 0.0) for r in side])
+
+
+def interval_of(d: ReplicatedDifference) -> tuple[float, float, str]:
+    """(low, high, what it covers): the interval over seeds and test points, or the test-point interval where
+    a side has one replicate (the seed variance is then unknown, and the text says so)."""
+    if d.known:
+        return d.low, d.high, "seeds and test points"
+    return d.points_only.low, d.points_only.high, "test points only: seed variance unknown"
+
+
+def interval_text(d: dict) -> str:
+    """'+1.50 [-0.22, +3.21]' of a ReplicatedDifference's dict: over seeds and points where known, else points."""
+    low, high = (d["low"], d["high"]) if d["low"] is not None else (d["points_only"]["low"], d["points_only"]["high"])
+    return f"{100 * d['estimate']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def seeds_text(side: list[dict]) -> str:
+    """The seeds of each replicate: '0-3; 4-7' (a seed block per replicate), '0,2,5' where not contiguous."""
+    def block(r: dict) -> str:
+        seeds = [m.get("seed") for m in r.get("members", [])]
+        if len(seeds) > 2 and all(isinstance(s, int) for s in seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+            return f"{seeds[0]}-{seeds[-1]}"
+        return ",".join(str(s) for s in seeds)
+    singles = [r["members"][0].get("seed") for r in side if len(r.get("members", [])) == 1]
+    if len(side) > 2 and len(singles) == len(side) and singles == list(range(singles[0], singles[0] + len(singles))):
+        return f"{singles[0]}-{singles[-1]}, one model each"
+    return "; ".join(block(r) for r in side)
+
+
+def ensemble_vs_single(ensemble, single, eps: float, margin: float, level: float,
                        ensemble_label: str, single_label: str) -> Verdict:
-    robust = paired_difference(*outcomes.paired_worst_case(ensemble, single, eps), level)
-    clean = paired_difference(outcomes.under_curve(ensemble, 0.0), outcomes.under_curve(single, 0.0), level)
-    r_v, c_v = at_least(robust, margin), at_least(clean, 0.0)
-    both = outcomes.common_procedures(ensemble, single, eps)
-    detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {robust.text()}, non-inferiority margin "
-              f"{100 * margin:g} points ({r_v}). Clean: {clean.text()}, must be above 0 ({c_v}). "
-              f"{100 * level:g}% intervals, {robust.method}; {attacks_text(both)}.")
+    """(1) over seed replicates: `ensemble` the K-ensembles of disjoint seed blocks (or one record), `single`
+    the single models of their seeds (or one), all on the same points. Robust accuracy at eps non-inferior
+    within the margin and clean accuracy higher, each from the interval over seeds and points (the
+    test-point interval where a side has one replicate, said so). With one ensemble per seed block whose
+    seeds are also single models, each block is also compared with the single models of its own seeds
+    (`numbers["by_block"]`): what two separate builds of the recipe would each have concluded."""
+    ens, one = as_replicates(ensemble), as_replicates(single)
+    (a, b), both = worst_case_replicates([ens, one], eps)
+    robust = replicated_difference(a, b, level)
+    clean = replicated_difference(clean_replicates(ens), clean_replicates(one), level)
+    r_v, r_text = above(robust, -margin)
+    c_v, c_text = above(clean, 0.0)
+    detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {r_text}, non-inferiority margin "
+              f"{100 * margin:g} points. Clean: {c_text}, must be above 0. Seeds: {ensemble_label} {seeds_text(ens)}; "
+              f"{single_label} {seeds_text(one)}. {100 * level:g}% intervals; {attacks_text(both)}.")
+    by_block = []
+    seed_of = {r["members"][0].get("seed"): i for i, r in enumerate(one) if len(r.get("members", [])) == 1}
+    if len(ens) > 1:
+        for i, e in enumerate(ens):
+            rows = [seed_of[m.get("seed")] for m in e.get("members", []) if m.get("seed") in seed_of]
+            if len(rows) != len(e.get("members", [])):
+                continue
+            block_robust = replicated_difference(a[i:i + 1], b[rows], level)
+            block_clean = replicated_difference(clean_replicates([e]), clean_replicates([one[j] for j in rows]), level)
+            by_block.append({"seeds": seeds_text([e]), "robust": block_robust.to_dict(), "clean": block_clean.to_dict(),
+                             "verdict": combine(above(block_robust, -margin)[0], above(block_clean, 0.0)[0])})
+        if by_block:
+            detail += " Each seed block alone (its ensemble against the single models of its own seeds; test-point " \
+                      "intervals, one ensemble a side): " + "; ".join(
+                f"seeds {blk['seeds']}: robust {interval_text(blk['robust'])}, clean {interval_text(blk['clean'])} "
+                f"({blk['verdict']})" for blk in by_block) + "."
     return Verdict(f"(1) {ensemble_label} is at least as robust at eps={eps:g} as {single_label}, and more accurate "
                    f"on clean data", combine(r_v, c_v), detail,
                    {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps,
-                    "autoattack_included": bool(both)})
+                    "autoattack_included": bool(both), "by_block": by_block})
 
 
-def growth_with_k(records: dict[int, dict], eps: float, margin: float, level: float) -> Verdict:
+def growth_with_k(records: dict, eps: float, margin: float, level: float) -> Verdict:
+    """(2) over seed replicates: `records[K]` the K-ensembles of disjoint seed blocks (or one record), on the
+    same points. Three parts, each with regions that cannot overlap:
+    - growth, largest K - K=1: holds when the interval's lower end is above 0; fails when it reaches 0 or
+      below and its upper end is below the margin (a gain of the margin's size excluded, none shown);
+    - every step K_i -> K_i+1: non-inferior (holds when the lower end is above -margin, fails when the upper
+      end is below it): robust accuracy does not drop by a margin's size anywhere along K;
+    - saturation, the last step: an equivalence test (TOST) holds when its 90 % interval lies inside
+      +-margin, fails when the 95 % interval lies wholly outside it.
+    The claim holds only if every part holds."""
     ks = sorted(records)
     if len(ks) < 3 or ks[0] != 1:
         raise ValueError(f"the growth claim needs K=1 and at least two larger K (got {ks})")
-    best, before = ks[-1], ks[-2]
-    growth = paired_difference(*outcomes.paired_worst_case(records[best], records[1], eps), level)
-    last = paired_difference(*outcomes.paired_worst_case(records[best], records[before], eps), level)
-    g_v = HOLDS if growth.low > 0 else FAILS if growth.high < margin else INCONCLUSIVE
-    s_v = within(last, margin)
-    growth_attacks = outcomes.common_procedures(records[best], records[1], eps)
-    last_attacks = outcomes.common_procedures(records[best], records[before], eps)
-    detail = (f"Growth, K={best} - K=1 at eps={eps:g}: {growth.text()}, must be above 0; no growth if wholly "
-              f"below the margin ({g_v}). Saturation, "
-              f"K={best} - K={before}: {last.text()}, must lie within +-{100 * margin:g} points ({s_v}). "
-              f"{100 * level:g}% intervals, {growth.method}; growth: {attacks_text(growth_attacks)}; saturation: "
-              f"{attacks_text(last_attacks)}.")
-    return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K and saturates (K in {ks})",
-                   combine(g_v, s_v), detail,
-                   {"growth": growth.to_dict(), "last_step": last.to_dict(), "margin": margin, "eps": eps, "K": ks,
-                    "autoattack_included": bool(growth_attacks and last_attacks)})
+    sides = {k: as_replicates(records[k]) for k in ks}
+    mats, both = worst_case_replicates([sides[k] for k in ks], eps)
+    mat = dict(zip(ks, mats))
+    best = ks[-1]
+    growth = replicated_difference(mat[best], mat[1], level)
+    low, high, covers = interval_of(growth)
+    g_v = HOLDS if low > 0 else FAILS if high < margin else INCONCLUSIVE
+    texts = [f"Growth, K={best} - K=1: {growth.text()} ({g_v}, over {covers}; holds above 0, fails when it "
+             f"reaches 0 and stays below +{100 * margin:g})" + (
+                 f"; {needed(growth, 0.0 if growth.estimate >= margin / 2 else margin).text()}"
+                 if g_v == INCONCLUSIVE else "")]
+    steps, step_vs = [], []
+    for k0, k1 in zip(ks, ks[1:]):
+        d = replicated_difference(mat[k1], mat[k0], level)
+        v, text = above(d, -margin)
+        steps.append({"from": k0, "to": k1, "difference": d.to_dict(), "verdict": v})
+        step_vs.append(v)
+        texts.append(f"step K={k0} -> {k1}: {text}, must be above -{100 * margin:g}")
+    tost = equivalence_level(level)
+    last = replicated_difference(mat[best], mat[ks[-2]], tost)
+    wide = replicated_difference(mat[best], mat[ks[-2]], level)
+    lo90, hi90, covers = interval_of(last)
+    lo95, hi95, _ = interval_of(wide)
+    s_v = HOLDS if -margin < lo90 and hi90 < margin else FAILS if lo95 > margin or hi95 < -margin else INCONCLUSIVE
+    texts.append(f"saturation, K={best} - K={ks[-2]}: {last.text()} at {100 * tost:g}% (TOST), must lie within "
+                 f"+-{100 * margin:g} ({s_v}, over {covers}; fails when the {100 * level:g}% interval "
+                 f"[{100 * lo95:+.2f}, {100 * hi95:+.2f}] lies wholly outside)")
+    detail = (f"At eps={eps:g}: " + "; ".join(texts) + f". Seeds: " + "; ".join(
+        f"K={k} {seeds_text(sides[k])}" for k in ks) + f". {100 * level:g}% intervals unless said; "
+              f"{attacks_text(both)}; the claim holds only if every part holds.")
+    return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K, step by step, and saturates (K in {ks})",
+                   combine(g_v, *step_vs, s_v), detail,
+                   {"growth": growth.to_dict(), "steps": steps, "last_step": last.to_dict(), "margin": margin,
+                    "eps": eps, "K": ks, "replicates": {k: len(sides[k]) for k in ks},
+                    "autoattack_included": bool(both)})
 
 
 def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_acc: Sequence[float]) -> tuple[float, str]:
@@ -144,9 +248,10 @@ def equivalent_eps(grid: Sequence[float], ensemble_acc: Sequence[float], single_
     return value, f"{value:.3f}"
 
 
-def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples: int, seed: int,
-                            level: float) -> tuple[float, float, float]:
-    """(estimate, low, high) of the equivalent eps, the interval from a paired bootstrap over points."""
+def equivalent_eps_bootstrap(ensemble: dict, singles: dict[float, dict], samples: int,
+                             seed: int) -> tuple[float, list[float]]:
+    """(estimate, the bootstrap values) of the equivalent eps: a paired bootstrap over points, every model
+    read on the same draw (nan: below the grid; the grid's last eps: at or beyond it)."""
     grid = sorted(singles)
     pairs = [outcomes.paired_worst_case(ensemble, singles[e], e) for e in grid]
     rows = [p[0] for p in pairs] + [p[1] for p in pairs]
@@ -156,34 +261,88 @@ def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples:
     table = torch.stack(rows)
     point, _ = equivalent_eps(grid, table[:len(grid)].float().mean(1).tolist(), table[len(grid):].float().mean(1).tolist())
     accs = bootstrap_accuracies(table, samples, seed)
-    values = [equivalent_eps(grid, a[:len(grid)].tolist(), a[len(grid):].tolist())[0] for a in accs]
+    return point, [equivalent_eps(grid, a[:len(grid)].tolist(), a[len(grid):].tolist())[0] for a in accs]
+
+
+def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples: int, seed: int,
+                            level: float) -> tuple[float, float, float]:
+    """(estimate, low, high) of the equivalent eps, the interval from a paired bootstrap over points."""
+    point, values = equivalent_eps_bootstrap(ensemble, singles, samples, seed)
     low, high = percentile_interval(values, level)
     return point, low, high
 
 
+def interpolated_share(values: Sequence[float], grid: Sequence[float]) -> float:
+    """The share of bootstrap values that fall strictly between two grid radii: read off the straight line
+    between two single models rather than at one (censored values, below or beyond the grid, are not)."""
+    inside = [v for v in values if not math.isnan(v) and grid[0] <= v < grid[-1]]
+    between = [v for v in inside if not any(math.isclose(v, e, abs_tol=1e-9) for e in grid)]
+    return len(between) / len(values) if values else 0.0
+
+
+def points_to_decide(n: int, point: float, low: float, high: float, band: tuple[float, float]) -> float | None:
+    """Test points at which an interval of this width, shrinking as 1/sqrt(n) around the same estimate,
+    would decide the band test (inside the band: holds; the estimate outside: wholly outside, fails);
+    None where the estimate or an end is censored by the grid."""
+    if any(math.isnan(v) or math.isinf(v) for v in (point, low, high)):
+        return None
+    if band[0] <= point <= band[1]:
+        ratios = [(point - low) / (point - band[0]) if point > band[0] else math.inf,
+                  (high - point) / (band[1] - point) if point < band[1] else math.inf]
+    elif point < band[0]:
+        ratios = [(high - point) / (band[0] - point)]
+    else:
+        ratios = [(point - low) / (point - band[1])]
+    ratio = max(ratios)
+    return math.inf if math.isinf(ratio) else max(n + 1, math.ceil(n * ratio ** 2 - 1e-6))
+
+
 def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alpha: float, tolerance: float,
                                 samples: int, seed: int, level: float, label: str) -> Verdict:
+    """(3) an equivalence test: holds when the TOST interval (90 % for a 95 % level) of the equivalent eps lies
+    inside the band 2*alpha*(1 +- tolerance), fails when the `level` interval lies wholly outside it (regions
+    that cannot overlap). One ensemble and one single model per grid eps: the interval covers the test
+    points, not retraining (the seed variance is unknown and the text says so)."""
     target = 2 * alpha
     band = (target * (1 - tolerance), target * (1 + tolerance))
-    point, low, high = equivalent_eps_interval(ensemble, singles, samples, seed, level)
+    tost = equivalence_level(level)
+    point, values = equivalent_eps_bootstrap(ensemble, singles, samples, seed)
+    low, high = percentile_interval(values, tost)
+    wide_low, wide_high = percentile_interval(values, level)
     grid = sorted(singles)
     fmt = lambda v: f"< {grid[0]:g}" if math.isnan(v) else (f">= {grid[-1]:g}" if v >= grid[-1] else f"{v:.3f}")
-    # censoring: nan = below the grid (only known to be < grid[0]); grid[-1] = at or beyond the grid's end
-    lower = -math.inf if math.isnan(low) else low
-    upper = grid[0] if math.isnan(high) else (math.inf if high >= grid[-1] else high)
-    below = upper <= band[0] if math.isnan(high) else upper < band[0]
+
+    def bounds(lo: float, hi: float) -> tuple[float, float]:
+        # censoring: nan = below the grid (only known to be < grid[0]); grid[-1] = at or beyond the grid's end
+        return (-math.inf if math.isnan(lo) else lo), (grid[0] if math.isnan(hi) else (math.inf if hi >= grid[-1] else hi))
+
+    lower, upper = bounds(low, high)
+    w_lower, w_upper = bounds(wide_low, wide_high)
+    below = w_upper <= band[0] if math.isnan(wide_high) else w_upper < band[0]
     if band[0] <= lower and upper <= band[1]:
         v = HOLDS
-    elif below or lower > band[1]:
+    elif below or w_lower > band[1]:
         v = FAILS
     else:
         v = INCONCLUSIVE
-    detail = (f"{label}: equivalent eps {fmt(point)}, {100 * level:g}% paired-bootstrap interval "
-              f"[{fmt(low)}, {fmt(high)}] ({samples} resamples of the test points); 2*alpha = {target:g}, "
-              f"band +-{100 * tolerance:g}% = [{band[0]:.3f}, {band[1]:.3f}] on the single-model grid {grid}")
+    share = interpolated_share(values, grid)
+    n = len(outcomes.under_curve(ensemble, 0.0))
+    detail = (f"{label}: equivalent eps {fmt(point)}, {100 * tost:g}% TOST interval [{fmt(low)}, {fmt(high)}], "
+              f"{100 * level:g}% [{fmt(wide_low)}, {fmt(wide_high)}] (paired bootstrap, {samples} resamples of the "
+              f"{n} test points; test points only: one ensemble and one single model per eps, so the seed variance "
+              f"is unknown); 2*alpha = {target:g}, band +-{100 * tolerance:g}% = [{band[0]:.3f}, {band[1]:.3f}]; "
+              f"holds when the {100 * tost:g}% interval lies inside the band, fails when the {100 * level:g}% one lies "
+              f"wholly outside. Single-model grid {grid}: {100 * share:.0f}% of the resampled values lie between two "
+              f"grid radii (read off the straight line between two single models)")
+    needed_n = points_to_decide(n, point, lower, upper, band) if v == INCONCLUSIVE else None
+    if v == INCONCLUSIVE:
+        detail += (f"; would be decided by about {needed_n:,.0f} test points at this ensemble and these single models "
+                   f"(the interval taken to shrink as 1/sqrt(n))" if needed_n and math.isfinite(needed_n) else
+                   "; more test points alone would not decide it (an end of the interval is censored by the grid)")
     return Verdict(f"(3) the single-robust-equivalent eps of {label} is about 2*alpha = {target:g}", v, detail,
-                   {"alpha": alpha, "estimate": point, "low": low, "high": high, "band": list(band),
-                    "tolerance": tolerance, "grid": grid, "samples": samples})
+                   {"alpha": alpha, "estimate": point, "low": low, "high": high, "level": tost,
+                    "low_wide": wide_low, "high_wide": wide_high, "band": list(band), "tolerance": tolerance,
+                    "grid": grid, "samples": samples, "interpolated_share": share, "points_needed": needed_n})
 
 
 # ----------------------------------------------------------------------------- over seed replicates
@@ -199,7 +358,7 @@ def above(d: ReplicatedDifference, bound: float) -> tuple[str, str]:
     v = HOLDS if low > bound else FAILS if high < bound else INCONCLUSIVE
     text = f"{d.text()} ({v}, over {covers})"
     if v == INCONCLUSIVE:
-        text += f"; would be decided by {needed(d, bound).text()}"
+        text += f"; {needed(d, bound).text()}"
     return v, text
 
 
@@ -207,20 +366,29 @@ def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([r.float() for r in rows])
 
 
-def ensemble_beats_members(ensembles: list[dict], members: list[list[dict]], level: float, label: str) -> Verdict:
+def ensemble_beats_members(ensembles: list[dict], members: list[list[dict]], level: float, label: str,
+                           weights: Sequence[float] | None = None) -> Verdict:
     """(4) an ensemble's clean accuracy exceeds the mean of its members' (the paper's rho(theta-bar, 0) >
     rho-bar(theta, 0)). `ensembles[b]` is the curve record of the ensemble of seed block b, `members[b]`
-    its members' own records: the replicates are paired (block b's ensemble against block b's members)."""
+    its members' own records: the replicates are paired (block b's ensemble against block b's members).
+    `weights`: the ensemble's member weights (a weighted ensemble against the weighted mean of its members)."""
     if len(ensembles) != len(members) or not ensembles:
         raise ValueError("claim (4) needs one list of member records per ensemble record")
+    w = None if weights is None else torch.tensor([float(x) for x in weights])[:, None]
     first = _stack([outcomes.under_curve(e, 0.0) for e in ensembles])
-    second = _stack([_stack([outcomes.under_curve(m, 0.0) for m in block]).mean(0) for block in members])
+    member_mean = lambda block: _stack([outcomes.under_curve(m, 0.0) for m in block]).mean(0) if w is None else \
+        (_stack([outcomes.under_curve(m, 0.0) for m in block]) * w / w.sum()).sum(0)
+    second = _stack([member_mean(block) for block in members])
     d = replicated_difference(first, second, level, paired_replicates=True)
     v, text = above(d, 0.0)
     seeds = [[m.get("members", [{}])[0].get("seed") for m in block] for block in members]
-    detail = (f"Clean, {label} - the mean of its members: {text}. Seed blocks {seeds}; {100 * level:g}% intervals.")
+    mean = "weighted mean" if w is not None else "mean"
+    detail = (f"Clean, {label} {100 * first.mean():.2f}% - the {mean} of its members {100 * second.mean():.2f}%: "
+              f"{text}. Seed blocks {seeds}" + (f", weights {[float(x) for x in weights]}" if w is not None else "")
+              + f"; {100 * level:g}% intervals.")
     return Verdict(f"(4) {label} is more accurate on clean data than its members on average", v, detail,
-                   {"clean": d.to_dict(), "blocks": seeds})
+                   {"clean": d.to_dict(), "blocks": seeds, "ensemble": float(first.mean()),
+                    "members_mean": float(second.mean())})
 
 
 def per_point_auc(record: dict, eps_t: float) -> torch.Tensor:

@@ -71,7 +71,7 @@ class ReplicatedDifference:
     def text(self, unit: float = 100.0) -> str:
         r1, r2 = self.replicates
         pts = self.points_only
-        points = f"test points only: [{unit * pts.low:+.2f}, {unit * pts.high:+.2f}]"
+        points = f"test points only ({pts.method}): [{unit * pts.low:+.2f}, {unit * pts.high:+.2f}]"
         if not self.known:
             return (f"{unit * self.estimate:+.2f} points; seeds and points: unknown (seed variance unknown with one "
                     f"replicate on a side, {r1} vs {r2}); {points}, n={self.n}")
@@ -150,12 +150,18 @@ class Needed:
     replicate_sets: float | None
 
     def text(self) -> str:
-        pts = "more test points alone cannot" if math.isinf(self.points) else f"about {self.points:,.0f} test points"
+        """'would be decided by about 2,800 test points, or 5 seed sets at this n', or what cannot."""
+        pts = None if math.isinf(self.points) else f"about {self.points:,.0f} test points"
         if self.replicate_sets is None:
-            return f"{pts} (a lower bound: the seed variance is unknown until a side has 2 replicates)"
-        reps = ("more seed sets alone cannot" if math.isinf(self.replicate_sets)
-                else f"{self.replicate_sets:.0f} seed sets at this n")
-        return f"{pts}, or {reps}"
+            return (f"would be decided by {pts} at least" if pts else "more test points alone cannot decide it") + \
+                " (the seed variance is unknown until a side has 2 replicates)"
+        reps = None if math.isinf(self.replicate_sets) else f"{self.replicate_sets:.0f} seed sets at this n"
+        if pts and reps:
+            return f"would be decided by {pts}, or {reps}"
+        if pts or reps:
+            return (f"would be decided by {pts or reps} (more "
+                    f"{'seed sets' if pts else 'test points'} alone cannot)")
+        return "neither more test points nor more seed sets alone would decide it at this difference"
 
 
 def needed(d: ReplicatedDifference, bound: float, level: float | None = None) -> Needed:

@@ -76,7 +76,8 @@ def stored(cfg: DictConfig) -> dict:
     except ConfigError:  # members not trained yet: nothing of it can be stored
         k = members.count(cfg)
         planned = {"members": members_query(cfg) if cfg.members.kind == "seeds" else
-                   OmegaConf.to_container(cfg.members, resolve=True), "K": k, "seeds": cfg.seeds,
+                   OmegaConf.to_container(cfg.members, resolve=True), "K": k,
+                   "seeds": None if cfg.seeds is None else [int(s) for s in cfg.seeds],
                    "composite": OmegaConf.to_container(cfg.composite, resolve=True)
                    if cfg.members.kind != "seeds" else None, "test": test_points(cfg)}
         evaluation = evaluation_spec(cfg)
@@ -172,7 +173,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
             "label": label, "alpha": cfg.alpha, "K": len(runs), "weights": model.weights.tolist(),
             "members": [{"key": r.key, "seed": r.identity["seed"], "backbones": r.identity.get("backbones")} for r in runs],
             "attack": repr(attack), "curve": curve.to_dict(), "n": curve.n,
-            "auc": {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
+            "auc": {} if cfg.evaluation.auc_eps is None else {f"{cfg.evaluation.auc_eps:g}": curve.auc(cfg.evaluation.auc_eps)},
             "per_point": per_point(module),
             "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": store.git_commit(),
             "device": device_name(device), "threads": torch.get_num_threads(), "precision": cfg.evaluation.precision,
@@ -189,7 +190,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
         png = path.with_suffix(".png")
         plot_curves({label: curve}, png, f"{label} ({cfg.name}, n={curve.n}, {attack!r})")
         summary = {f"eval/acc@{e:g}": a for e, a in zip(curve.eps, curve.cumulative)}
-        summary[f"eval/auc@{cfg.evaluation.auc_eps:g}"] = record["auc"][f"{cfg.evaluation.auc_eps:g}"]
+        summary.update({f"eval/auc@{k}": v for k, v in record["auc"].items()})
         tracking.log_evaluation(logger, label, curve, summary, png)
     log.info("[store] evaluated %s -> %s", label, path)
     print(format_curve(record), flush=True)
@@ -275,7 +276,7 @@ def autoattack_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], l
 
 def format_curve(record: dict) -> str:
     c = record["curve"]
-    rows = [f"{record['label']}  n={c['n']}  AUC({k})={v:.4f}" for k, v in record["auc"].items()]
+    rows = [f"{record['label']}  n={c['n']}" + "".join(f"  AUC({k})={v:.4f}" for k, v in record["auc"].items())]
     rows += [f"  eps={e:<5g} acc={100 * a:6.2f}% +- {100 * s:.2f}" + (f"  (per-eps {100 * p:6.2f}%)" if c["per_eps"] else "")
              for e, a, s, p in zip(c["eps"], c["cumulative"], c["stderr"], c["per_eps"] or c["cumulative"])]
     return "\n".join(rows)

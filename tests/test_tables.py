@@ -94,14 +94,19 @@ def test_make_dry_run_shows_the_table_command(target, table):
 def test_tables_declare_what_they_need(tmp_path):
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
     t1 = TableRun("table1", "cpu", over)
-    needs = t1.needs()  # the rows, the alpha candidates, and the composites' backbones
-    assert needs.seeds == {0.0: 1, 0.05: 1, 0.22: 4, 0.25: 4, 0.3: 4, 0.4: 1, 0.5: 1}
+    needs = t1.needs()  # the rows and their replicates, the alpha candidates, the composites' backbones and reference
+    assert needs.seeds == {0.0: 1, 0.05: 1, 0.22: 4, 0.25: 4, 0.3: 4, 0.4: 4, 0.5: 8}
+    # the chosen alpha's second seed block: not chosen yet on an empty store, so planned at the smallest candidate
+    # (what ESTIMATE assumes) and trained once the choice is made
+    assert needs.later == {0.22: 8}
     assert needs.composites == ["paper", "paper_b"]
     assert TableRun("table2_size", "paper", over).needs().seeds == {0.5: 16}
+    assert TableRun("table2_size", "cpu", over).needs().seeds == {0.5: 8}
     eq = TableRun("table2_equivalence", "cpu", over).needs().seeds
     assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
     jobs, comps = t1.missing()
-    assert len(jobs) == 16 and comps == ["paper", "paper_b"]
+    assert len(jobs) == 26 and comps == ["paper", "paper_b"]
+    assert len(t1.missing(planning=True)[0]) == 30
 
 
 def test_every_table_of_a_scale_evaluates_with_the_same_overrides():
@@ -148,12 +153,17 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
 
     driver.run("all", "tiny", over, autoattack="stored")
     out = capsys.readouterr().out
-    assert "all tables: trained this run: 12 (" in out  # 10 models + 2 composites, each once
-    assert multiruns == [  # one multirun per seed list, then the composites
+    assert "all tables: trained this run: 14 (" in out  # 12 models + 2 composites, each once
+    assert multiruns[:4] == [  # one multirun per seed list, then the composites
         ("robust_ensembles.train", ["alpha=0.0,0.05", "seed=0"]),
-        ("robust_ensembles.train", ["alpha=0.25,0.3,0.4,0.5", "seed=0,1"]),
+        ("robust_ensembles.train", ["alpha=0.25,0.3,0.4", "seed=0,1"]),
+        ("robust_ensembles.train", ["alpha=0.5", "seed=0,1,2,3"]),
         ("robust_ensembles.finetune", ["composite=paper,paper_b"])]
-    for t in tables:
+    # Table 1's chosen alpha is known once validation is read: its second seed block is trained then, and only it
+    chosen = re.search(r"alpha=(\S+) chosen on the validation split", (reports / "table1.md").read_text()).group(1)
+    assert multiruns[4:] == [("robust_ensembles.train", [f"alpha={chosen}", "seed=2,3"])]
+    assert f"table1: trained this run: 2 (alpha={chosen} seed=2, alpha={chosen} seed=3)" in out
+    for t in tables[1:]:
         assert f"{t}: trained this run: 0 (nothing)" in out
         md = (reports / f"{t}.md").read_text()
         assert "pending" in md and "AutoAttack column: pending" in md
@@ -192,13 +202,20 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out
     assert "all tables: trained this run: 0 (nothing)" in out
-    # 10 table rows, 3 or 5 of them the same model at the same eps on the same points (5 when Table 1 chose
-    # alpha=0.25, Table 2 right's first row): 7 or 9 AutoAttack records; every curve record shared the same way
-    chosen = re.search(r"alpha=(\S+) chosen on the validation split", (reports / "table1.md").read_text()).group(1)
-    shared = 7 if chosen == "0.25" else 9
+    # one AutoAttack record per distinct model that a row with the column shows, however many rows and tables show
+    # it: natural, the chosen single's 2 seeds, the 0.5 single's 4 (also Table 2 left's K=1 and Table 2 right's
+    # reference), the chosen 2-ensembles of seeds 0,1 and 2,3, the composite, the pair, claim (5)'s 2 singles at
+    # 0.4 (the chosen single's when 0.4 is chosen), the 2-ensembles at 0.5 of seeds 0,1 and 2,3, the 4-ensemble
+    # at 0.5, and Table 2 right's 2-ensemble at 0.25 (Table 1's first block when 0.25 is chosen)
+    shared = 17 - (chosen == "0.25") - 2 * (chosen == "0.4")
     assert len(list(records.glob("*.json"))) == shared
-    splits = [json.loads(p.read_text())["spec"]["test"]["split"] for p in (records.parent / "curve").glob("*.json")]
-    assert splits.count("test") == shared and 2 <= splits.count("val") <= 4  # + choosing alpha
+    specs = [json.loads(p.read_text())["spec"] for p in (records.parent / "curve").glob("*.json")]
+    splits = [s["test"]["split"] for s in specs]
+    assert 2 <= splits.count("val") <= 4  # choosing alpha
+    # claim (4)'s members read on clean data alone: the chosen alpha's seeds 0-3, the pair's second composite, the
+    # 0.5 seeds 0-3 (Table 2 left's ensembles; Table 2 right's at 0.5) and Table 2 right's 0.25 seeds 0,1
+    clean_only = [s for s in specs if s["evaluation"]["eps_grid"] == [0]]
+    assert len(clean_only) == 9 + 2 * (chosen != "0.25") and all(s["evaluation"]["auc_eps"] is None for s in clean_only)
     md = {t: (reports / f"{t}.md").read_text() for t in tables}
     for t in tables:
         assert "pending" not in md[t] and "AA eps=0.5" in md[t] and "records computed on cpu (" in md[t]
@@ -210,7 +227,8 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     assert "single-robust-equivalent eps" in md["table2_equivalence"]
     assert "under AutoAttack at eps=0.5 on the same 8 points, the single model trained at 0.5" in md["table2_equivalence"]
     for t in ("table2_size", "table2_equivalence"):
-        assert "| seeds |" in md[t].splitlines()[2] and "| 0,1 |" in md[t]  # the 2-model rows' seeds
+        assert "| seeds |" in md[t].splitlines()[2]
+    assert "| 0,1 |" in md["table2_equivalence"] and "| 0,1; 2,3 |" in md["table2_size"]  # the 2-model rows' seeds
     assert "APGD(norm=l2, APGD-CE 2 steps x 1 restarts + APGD-T 2 steps x 1 targets)" in md["table1"]
     # one evaluation per model: the single model at 0.5 reads the same in Table 1 and in Table 2 left (K=1)
     t1 = next(r for r in csv.DictReader(io.StringIO((reports / "table1.csv").read_text()))
@@ -226,6 +244,17 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     claims_md = (reports / "claims.md").read_text()
     assert "## table1" in claims_md and "## table2_equivalence" in claims_md
     assert "`python -m robust_ensembles.tables table=table1 scale=tiny autoattack_column=run" in claims_md
+    # the commands as a user types them: no folder of the machine that wrote them; the commit that wrote them
+    assert "paths." not in claims_md and str(tmp_path) not in claims_md
+    assert re.search(r"\(written [\d-]+ [\d:]+ at commit [0-9a-f]{12} \((clean tree|with uncommitted changes to the "
+                     r"code)\)\)", claims_md), claims_md
+    assert {"commit", "clean"} <= set(json.loads((reports / "table1.claims.json").read_text()))
+    # every claim of the paper has a verdict: (1) and (4) and (5) in Table 1, (2) and (4) in Table 2 left, (3) and
+    # (4) in Table 2 right; replicated rows name their seed blocks
+    for claim in ("(1)", "(4)", "(5)"):
+        assert f"**: {claim} " in md["table1"]
+    assert "**: (2) " in md["table2_size"] and "**: (4) " in md["table2_size"] and "**: (4) " in md["table2_equivalence"]
+    assert f"| 2-Robust eps={chosen} |" in md["table1"] and "| 0,1; 2,3 |" in md["table1"] and "(sd " in md["table1"]
 
     driver.run("all", "tiny", over, estimate=True)
     assert re.search(r"evaluation: 0 of \d+ curve records and 0 AutoAttack records missing\n", capsys.readouterr().out)
@@ -394,7 +423,11 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
 
     t = TableRun("table1", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], "off")
     monkeypatch.setattr(t, "evaluate_row", fake_row)
+    trained = []
+    monkeypatch.setattr(t, "train", lambda jobs, comps: trained.extend(jobs) or [f"alpha={a} seed={s}" for a, s in jobs])
     filled = table1.fill(t)
+    # the chosen alpha's seed blocks (and claim (5)'s single models) trained once the choice is made
+    assert {(0.3, s) for s in range(4)} <= set(trained) and {(0.4, 0), (0.4, 1)} <= set(trained)
     first_test = next(i for i, c in enumerate(calls) if c[0] == "test")
     assert all(c[0] == "val" for c in calls[:first_test]) and all(c[0] == "test" for c in calls[first_test:])
     assert calls[:first_test] == [("val", "0.5", "1"), ("val", "0.25", "2"), ("val", "0.3", "2")]  # stops at the match
@@ -416,9 +449,10 @@ def test_estimate_takes_the_reference_of_its_threads_and_places_the_jobs_on_the_
     for threads in (1, 2):
         driver.run("all", "tiny", [*over, f"threads={threads}"], estimate=True)
         lines[threads] = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("all (tiny)"))
-    # 1 natural, 9 adversarial, 2 composites: 10 + 180 + 60 s with 2 threads, 12 + 216 + 72 s with 1
-    assert "about 0.07 h of training" in lines[2] and "adversarial 0.3 min, reference of a test with 2 thread(s)" in lines[2]
-    assert "about 0.08 h of training" in lines[1] and "adversarial 0.4 min, reference of a test with 1 thread(s)" in lines[1]
+    # 1 natural, 13 adversarial (Table 1's chosen alpha's second seed block included), 2 composites:
+    # 10 + 260 + 60 s with 2 threads, 12 + 312 + 72 s with 1
+    assert "about 0.09 h of training" in lines[2] and "adversarial 0.3 min, reference of a test with 2 thread(s)" in lines[2]
+    assert "about 0.11 h of training" in lines[1] and "adversarial 0.4 min, reference of a test with 1 thread(s)" in lines[1]
     driver.run("all", "tiny", [*over, "threads=3"], estimate=True)  # no reference with 3 threads: none taken
     assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out
     assert driver.total_text(7200, 3600) == "; in all about 3.00 h"
@@ -494,8 +528,9 @@ def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_
     driver.run("all", "tiny", over, estimate=True)
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("all (tiny)"))
-    # 1 natural, 9 adversarial (alpha=0.05 seed 0 and 4 alphas x 2 seeds), 2 composites: 10 + 180 + 60 s
-    assert "10 distinct training jobs and 2 composites missing; about 0.07 h of training" in line
+    # 1 natural, 13 adversarial (alpha=0.05 seed 0, 3 alphas x 2 seeds, 4 seeds at 0.5, and the second seed block
+    # of Table 1's chosen alpha, planned at the smallest candidate), 2 composites: 10 + 260 + 60 s
+    assert "14 distinct training jobs and 2 composites missing; about 0.09 h of training" in line
     assert "natural 0.2 min, reference of a test" in line and "composite 0.5 min, reference of a test" in line
     assert "where none is stored yet: autoattack (reference of a test), curve (reference of a test)" in line
     train_h = float(re.search(r"about ([\d.]+) h of training", line).group(1))
@@ -519,3 +554,12 @@ def test_paper_scale_estimate_on_an_empty_store_prints_gpu_hours_from_the_preset
         assert train_h > 0 and eval_h > 0 and total == pytest.approx(train_h + eval_h, abs=0.011)
         assert "reference of an NVIDIA H200, scaled" in line and " h " not in line
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written
+
+
+def test_committed_reports_name_no_folder_of_the_machine_that_wrote_them():
+    """What a user reads names the command they type, never a store or checkout path of another machine."""
+    from robust_ensembles import PROJECT_ROOT
+    machine = re.compile(r"(/work/|/tmp/|/home/|/root/|/Users/|[A-Z]:\\)")
+    found = [f"{p.relative_to(PROJECT_ROOT)}: {m.group(0)}" for p in (PROJECT_ROOT / "reports").rglob("*")
+             if p.is_file() and p.suffix in (".md", ".json", ".csv", ".tex") for m in [machine.search(p.read_text())] if m]
+    assert not found, found

@@ -27,6 +27,8 @@ from types import ModuleType
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -55,19 +57,50 @@ _COMPOSED: dict[tuple, DictConfig] = {}
 def compose_config(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
     """conf/<config_name>.yaml with overrides (inside a running Hydra app, or outside one); a table
     composes the same configs many times, so each is composed once per process and handed out as a copy.
-    `hydra`: with Hydra's own config (`cfg.hydra`: the launcher) and the `hydra...` overrides, else without."""
+    `hydra`: with Hydra's own config (`cfg.hydra`: the launcher) and the `hydra...` overrides, else without.
+    Overrides that only set a value (`alpha=0.5`, `evaluation.eps_grid=[0]`: no config group, no +/~) are
+    applied to the composition of the others, as Hydra applies them after the defaults: a table's hundreds
+    of rows differ in values only, and one composition takes about half a second."""
     overrides = [o for o in overrides if hydra or not o.startswith("hydra")]
-    key = (config_name, tuple(overrides), hydra)
+    groups, values = (overrides, []) if hydra else split_overrides(overrides)
+    key = (config_name, tuple(groups), hydra)
     if key not in _COMPOSED:
-        try:
-            if GlobalHydra.instance().is_initialized():
-                _COMPOSED[key] = compose(config_name, overrides=overrides, return_hydra_config=hydra)
-            else:
-                with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-                    _COMPOSED[key] = compose(config_name, overrides=overrides, return_hydra_config=hydra)
-        except HydraException as e:
-            raise ConfigError(f"conf/{config_name}.yaml with {overrides}: {' '.join(str(e).split())}") from None
-    return copy.deepcopy(_COMPOSED[key])
+        _COMPOSED[key] = _compose(config_name, groups, hydra)
+    cfg = copy.deepcopy(_COMPOSED[key])
+    try:
+        for name, value in values:
+            OmegaConf.update(cfg, name, value, merge=False)
+    except Exception:  # a key the config lacks, a wrong type: Hydra's own composition says what is wrong
+        return copy.deepcopy(_compose(config_name, overrides, hydra))
+    return cfg
+
+
+def _compose(config_name: str, overrides: list[str], hydra: bool) -> DictConfig:
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
+    except HydraException as e:
+        raise ConfigError(f"conf/{config_name}.yaml with {overrides}: {' '.join(str(e).split())}") from None
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[tuple[str, object]]]:
+    """(the overrides composition needs: config groups, +/~, anything unparsed; the value overrides as (key,
+    value)), a value override being `key=value` whose key names no config group (conf/<key>/)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return list(overrides), []
+    groups, values = [], []
+    for text, o in zip(overrides, parsed):
+        name = o.key_or_group
+        is_group = "/" in name or "@" in name or (CONFIG_DIR / name).is_dir()
+        if o.type != OverrideType.CHANGE or o.is_sweep_override() or o.package is not None or is_group:
+            groups.append(text)
+        else:
+            values.append((name, o.value()))
+    return groups, values
 
 
 def training_overrides(base: list[str], overrides: list[str]) -> list[str]:
@@ -95,12 +128,19 @@ def multirun(module: str, overrides: list[str]) -> None:
 
 @dataclass
 class Needs:
-    """What a table needs trained: seeds per alpha (the first n seeds), and composite options."""
+    """What a table needs trained: seeds per alpha (the first n seeds), and composite options; `later`:
+    seeds a choice not yet made will need (e.g. the replicates of Table 1's chosen alpha), at the alpha
+    the estimate assumes: costed by ESTIMATE, trained once the choice is made."""
     seeds: dict[float, int] = field(default_factory=dict)
     composites: list[str] = field(default_factory=list)
+    later: dict[float, int] = field(default_factory=dict)
 
     def add_seeds(self, alpha: float, n: int) -> "Needs":
         self.seeds[float(alpha)] = max(self.seeds.get(float(alpha), 0), int(n))
+        return self
+
+    def add_later(self, alpha: float, n: int) -> "Needs":
+        self.later[float(alpha)] = max(self.later.get(float(alpha), 0), int(n))
         return self
 
 
@@ -158,9 +198,11 @@ class TableRun:
         return self.evaluate_cfg.claims
 
     def command(self) -> str:
-        """The command that fills this table (with the user's overrides)."""
+        """The command that fills this table, as a user types it: with the user's overrides but those naming
+        this machine's folders (`paths.*`: the store is wherever the reader keeps theirs)."""
         return " ".join(["python -m robust_ensembles.tables", f"table={self.table}", f"scale={self.scale}",
-                         f"autoattack_column={self.autoattack}", *self.user_overrides, *self.launcher])
+                         f"autoattack_column={self.autoattack}",
+                         *[o for o in self.user_overrides if not o.lstrip("+~").startswith("paths.")], *self.launcher])
 
     # ------------------------------------------------------------------ what the table needs
     def needs(self) -> Needs:
@@ -172,8 +214,13 @@ class TableRun:
                 needs.add_seeds(part.alpha, int(part.seed) + 1)
         return needs
 
-    def missing(self) -> tuple[list[tuple[float, int]], list[str]]:
+    def missing(self, planning: bool = False) -> tuple[list[tuple[float, int]], list[str]]:
+        """The (alpha, seed) jobs and composites the store lacks; `planning` (ESTIMATE): with the seeds that
+        choices not yet made will need (`Needs.later`)."""
         needs = self.needs()
+        if planning:
+            for alpha, n in needs.later.items():
+                needs.add_seeds(alpha, n)
         train_cfg = compose_config("train", self.base)
         jobs = [(a, seed) for a, k in sorted(needs.seeds.items()) for seed in range(k)
                 if not training_run(with_radius(train_cfg, a, seed)).complete]
@@ -212,7 +259,7 @@ class TableRun:
         of the same setup measured on this store's machines (`fit_seconds`, record wall times), with
         `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time. `missing` and `plan`:
         this table's `missing()` and `evaluation_plan()` where the caller has them already."""
-        jobs, comps = self.missing() if missing is None else missing
+        jobs, comps = self.missing(planning=True) if missing is None else missing
         train, t_s = self.estimate_training(jobs, comps, slots=train_jobs)
         evaluation, e_s = self.estimate_evaluation(plan, slots=evaluate_jobs)
         return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs, total_unit(train, t_s, evaluation, e_s))}"
@@ -298,7 +345,7 @@ class TableRun:
                    for p in plan for kind, (cost, _) in p["costs"].items()}  # each record once
         seconds = sum(records.values())
         in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
-        unit = hours_unit(plan[0]["cfg"], all(source for p in plan for _, source in p["costs"].values()))
+        unit = hours_unit(plan[0]["cfg"], all(source for p in plan for cost, source in p["costs"].values() if cost))
         text += (f"; about {seconds / 3600:.2f} {unit} at the wall time per member and point of stored records "
                  f"computed on this kind of device ({this_device()})"
                  + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
@@ -321,9 +368,15 @@ class TableRun:
         aa_todo = want_aa and aa is None and bool(cfg.evaluation.autoattack.compute)
         costs = {kind: record_seconds(cfg, kind, units) for kind, units, todo in
                  ((CURVE, k * n, curve is None), (AUTOATTACK, k * aa_n, aa_todo)) if todo}
+        # a curve of clean accuracy alone (no radius above 0: a member's clean accuracy for claim 4) attacks
+        # nothing: one forward pass per member and point, seconds, computed in the table's own process
+        clean_only = max(check_grid(cfg.evaluation.eps_grid)) == 0
+        if clean_only and CURVE in costs:
+            costs[CURVE] = (0.0, None)
         self.plan.append({"K": k, "n": n, "aa_n": aa_n, "curve_key": have["curve_key"], "curve_missing": curve is None,
                           "autoattack_key": have["autoattack_key"], "autoattack_missing": want_aa and aa is None,
-                          "autoattack_todo": aa_todo, "costs": costs, "cfg": cfg, "overrides": overrides})
+                          "autoattack_todo": aa_todo, "costs": costs, "cfg": cfg, "overrides": overrides,
+                          "in_process": clean_only and not aa_todo})
         if curve is None:
             grid = check_grid(cfg.evaluation.eps_grid)
             curve = {"curve": Curve(grid, [1.0] * len(grid), None, n).to_dict(), "n": n, "K": k,
@@ -400,8 +453,8 @@ def evaluation_job_list(plan: list[dict], split: str) -> list[dict]:
     rows: dict[str, dict] = {}
     for p in plan:
         aa = p["autoattack_todo"]
-        if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa):
-            continue
+        if p["cfg"].evaluation.split != split or not (p["curve_missing"] or aa) or p.get("in_process"):
+            continue  # (a clean-only curve costs less than a job's start: the table computes it itself)
         if p["curve_key"] not in rows or aa:
             rows[p["curve_key"]] = p
     jobs, costed = [], set()
@@ -440,12 +493,12 @@ def makespan(seconds: list[float], slots: int = 1) -> float:
     return max(free)
 
 
-def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10) -> int:
+def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10, before_test=None) -> int:
     """Compute the records these tables lack as Hydra jobs (`python -m robust_ensembles.evaluate_row -m`,
     one job per curve with its AutoAttack record, through the tables' launcher), before they are filled
     from the store. Validation records first, in rounds until none is missing (a choice such as Table
     1's alpha reads them, and each round's plan makes the choice with the records the last one stored),
-    then the test split, planned with the choice made; each multirun's jobs the longest first
+    then (after `before_test`: e.g. training what the choice needs) the test split, planned with the choice made; each multirun's jobs the longest first
     (`evaluation_job_list`). A job that dies leaves no record; the next run launches it again. Returns
     the number of jobs launched."""
     launch = launch or (lambda rows_file, n, t: multirun(
@@ -453,6 +506,8 @@ def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10) -> 
                                           *[o for o in t.user_overrides if o.startswith("paths.")], *t.launcher]))
     launched = 0
     for split in SPLITS:
+        if split == "test" and before_test is not None:
+            before_test()  # e.g. train what the choices made on validation need (Table 1's chosen replicates)
         for _ in range(max_rounds if split == "val" else 1):
             listed = missing_rows(runs, split)  # the longest first
             if not listed:
@@ -581,7 +636,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
     if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
-        missing = [t.missing() for t in runs]
+        missing = [t.missing(planning=True) for t in runs]
         plans = [t.evaluation_plan() for t in runs]  # each computed once: the union below reuses them
         for t, m, plan in zip(runs, missing, plans):
             print(f"{t.table} ({scale}): {t.estimate(**spread, missing=m, plan=plan)}")
@@ -604,7 +659,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
         for t in runs:
             t.train_missing()
         jobs_start = time.perf_counter()
-        n = evaluation_jobs(runs)
+        n = evaluation_jobs(runs, before_test=lambda: [t.train_missing() for t in runs])
         print(f"evaluation jobs: {n} launched; wall {time.perf_counter() - jobs_start:.0f} s", flush=True)
     written = []
     for t in runs:

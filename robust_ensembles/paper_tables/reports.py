@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 
-from robust_ensembles import outcomes
-from robust_ensembles.claims import Verdict, settings_name
+from robust_ensembles import PROJECT_ROOT, outcomes
+from robust_ensembles.claims import Verdict, seeds_text, settings_name
 from robust_ensembles.curves import curve_of, plot_curves, standard_error
 
 if TYPE_CHECKING:
@@ -40,8 +42,11 @@ def fmt_acc(acc: float | None, se: float | None = None) -> str:
     return f"{100 * acc:.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
 
 
-def seeds_of(record: dict) -> str:
-    return ",".join(str(m["seed"]) for m in record["members"])
+def seeds_of(record: dict | list[dict]) -> str:
+    """The seeds a row used: '0,1,2,3' for one record; each replicate's seed block ('0-3; 4-7') for several."""
+    if isinstance(record, dict):
+        return ",".join(str(m["seed"]) for m in record["members"])
+    return seeds_text(record) if len(record) > 1 else seeds_of(record[0])
 
 
 def autoattack_of(records: list[dict]) -> list[dict]:
@@ -54,31 +59,67 @@ def worst_case_acc(record: dict, eps: float) -> tuple[float, int]:
     return robust.float().mean().item(), len(robust)
 
 
-def row_cells(t: TableRun, record: dict, columns_eps: list[float]) -> dict:
-    """A row's accuracy cells (± one standard error; per point the worst case over every attack run
-    on it), its AUC (the evaluation attack's curve), and its AutoAttack columns: AutoAttack and the
-    evaluation attack each on their own on the same points, their worst case, and the gap."""
-    cells = {}
+def row_numbers(t: TableRun, record: dict, columns_eps: list[float]) -> dict[str, tuple[float | None, int | None, str]]:
+    """A row's numbers, name -> (value, n of its standard error or None, kind: acc | auc | gap | flagged acc):
+    accuracy at each column eps (per point the worst case over every attack run on it), the AUC (the
+    evaluation attack's curve), and the AutoAttack columns: AutoAttack and the evaluation attack each on
+    their own on the same points, their worst case, and the gap (value None: pending)."""
+    numbers = {}
     for e in columns_eps:
         acc, n = worst_case_acc(record, e)
-        cells[f"eps={e:g}" if e else "natural"] = fmt_acc(acc, standard_error(acc, n))
+        numbers[f"eps={e:g}" if e else "natural"] = (acc, n, "acc")
     if t.spec.get("auc_eps"):
-        cells[f"AUC({t.spec.auc_eps:g})"] = f"{curve_of(record).auc(t.spec.auc_eps):.3f}"
+        numbers[f"AUC({t.spec.auc_eps:g})"] = (curve_of(record).auc(t.spec.auc_eps), None, "auc")
     if "autoattack" in record:
-        aa, eps = record["autoattack"], f"{t.spec.target_eps:g}"
+        eps = f"{t.spec.target_eps:g}"
         names = [f"AA eps={eps}", f"attack eps={eps} (AA points)", f"worst case eps={eps} (AA points)", "attack - AA"]
-        if aa is None:  # autoattack_column=stored, and no stored record yet
-            cells.update(dict.fromkeys(names, "pending"))
+        a = outcomes.autoattack_columns(record) if record["autoattack"] is not None else None
+        if a is None:  # autoattack_column=stored, and no stored record yet
+            numbers.update({name: (None, None, "acc") for name in names})
         else:
-            a = outcomes.autoattack_columns(record)
-            gap = a["attack"] - a["autoattack"]
-            se = lambda acc: standard_error(acc, a["n"])
-            cells[names[0]] = fmt_acc(a["autoattack"], se(a["autoattack"])) + (" ⚠" if gap > t.flag_gap else "")
-            cells[names[1]] = fmt_acc(a["attack"], se(a["attack"]))
-            cells[names[2]] = fmt_acc(a["worst"], se(a["worst"]))
-            cells[names[3]] = f"{100 * gap:+.2f}"
-    column = record.get("autoattack")
-    others = [a for a in outcomes.point_attacks(record) if a is not column]  # point_attacks lists the column once
+            numbers[names[0]] = (a["autoattack"], a["n"], "aa")
+            numbers[names[1]] = (a["attack"], a["n"], "acc")
+            numbers[names[2]] = (a["worst"], a["n"], "acc")
+            numbers[names[3]] = (a["attack"] - a["autoattack"], None, "gap")
+    return numbers
+
+
+def format_numbers(t: TableRun, replicates: list[dict]) -> dict[str, str]:
+    """Cells from one row's numbers per replicate (`row_numbers` of each): the mean over replicates, ± one
+    binomial standard error of a cell, and with several replicates the standard deviation of the replicates'
+    values ('sd'); 'pending' where a replicate has no value yet."""
+    cells = {}
+    for name, (_, n, kind) in replicates[0].items():
+        values = [r[name][0] for r in replicates]
+        if any(v is None for v in values):
+            cells[name] = "pending"
+            continue
+        mean = statistics.fmean(values)
+        if kind == "auc":
+            text = f"{mean:.3f}"
+        elif kind == "gap":
+            text = f"{100 * mean:+.2f}"
+        else:
+            text = fmt_acc(mean, standard_error(mean, n))
+        if len(values) > 1:
+            sd = statistics.stdev(values)
+            text += f" (sd {sd:.3f})" if kind == "auc" else f" (sd {100 * sd:.2f})"
+        if kind == "aa":
+            gaps = [r["attack - AA"][0] for r in replicates]
+            text += " ⚠" if statistics.fmean(gaps) > t.flag_gap else ""
+        cells[name] = text
+    return cells
+
+
+def row_cells(t: TableRun, record: dict | list[dict], columns_eps: list[float]) -> dict:
+    """A row's cells (`row_numbers` formatted): of one record, or the mean over replicate records (single
+    models of several seeds, K-ensembles of disjoint seed blocks) with the seeds' standard deviation
+    beside the test-point standard error; and the attacks run on its first record later."""
+    records = [record] if isinstance(record, dict) else list(record)
+    cells = format_numbers(t, [row_numbers(t, r, columns_eps) for r in records])
+    first = records[0]
+    column = first.get("autoattack")
+    others = [a for a in outcomes.point_attacks(first) if a is not column]  # point_attacks lists the column once
     if others:  # attacks run on this model later: in the worst case above, and each one's own number here
         cells["other attacks (own accuracy)"] = "; ".join(
             f"{settings_name(outcomes.procedure(a)[2])} at eps={a['eps']:g} on {a['n']} points: "
@@ -129,7 +170,7 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
                f"evaluation attack's accuracy minus AutoAttack's on the same points, ⚠ where it exceeds "
                f"{100 * t.flag_gap:g} point(s)",
                *[f"claim {v.line()}" for v in filled.claims],
-               f"written {time.strftime('%Y-%m-%d %H:%M')} in {wall_s / 60:.1f} min"]
+               f"written {time.strftime('%Y-%m-%d %H:%M')}{provenance(written_by())} in {wall_s / 60:.1f} min"]
     paths = write_table(rows, columns, out, t.table, t.spec.caption, footer)
     paths.update(write_claims(t, filled.claims, out))
     png = out / f"{t.table}.png"
@@ -153,6 +194,28 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
 
 
+def written_by() -> dict:
+    """The commit the reports are written from and whether the code was as committed ("clean": no change to
+    a tracked file outside reports/, which writing the reports changes); commit None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
+                                 cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "clean": None}
+    if head.returncode != 0 or changed.returncode != 0:
+        return {"commit": None, "clean": None}
+    return {"commit": head.stdout.strip(), "clean": not changed.stdout.strip()}
+
+
+def provenance(doc: dict) -> str:
+    """'at commit 0123abcd4567 (clean tree)' of a claims document, or nothing where it names no commit."""
+    if not doc.get("commit"):
+        return ""
+    return f" at commit {doc['commit']} ({'clean tree' if doc.get('clean') else 'with uncommitted changes to the code'})"
+
+
 def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, Path]:
     """This table's verdicts as <table>.claims.json, and claims.md regenerated from every table's json
     in reports/<scale>/ (each with the command that produced it)."""
@@ -161,7 +224,7 @@ def write_claims(t: TableRun, verdicts: list[Verdict], out: Path) -> dict[str, P
         path.unlink(missing_ok=True)  # a table that no longer tests a claim leaves none behind in claims.md
     else:
         doc = {"table": t.table, "scale": t.scale, "command": t.command(), "written": time.strftime("%Y-%m-%d %H:%M"),
-               "claims": [v.to_dict() for v in verdicts]}
+               **written_by(), "claims": [v.to_dict() for v in verdicts]}
         path.write_text(json.dumps(doc, indent=1) + "\n")
     return {"claims": write_claims_md(out, t.scale), **({"claims_json": path} if verdicts else {})}
 
@@ -173,10 +236,19 @@ def write_claims_md(out: Path, scale: str) -> Path:
              "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
              "`robust_ensembles/claims.py`. Regenerated whenever a table is written. The intervals cover the "
              "choice of test points for these trained models, not their training: the same recipe retrained "
-             "(other seeds, threads or machine) moves the differences as well.", ""]
+             "(other seeds, threads or machine) moves the differences as well.", "",
+             "Where a row has several seed replicates (single models of several seeds, ensembles of disjoint seed "
+             "blocks), an interval 'over seeds and points' covers retraining too (`robust_ensembles/replicates.py`, "
+             "docs/statistics.md); the test-point interval is given beside it. A side with one replicate leaves the "
+             "seed variance unknown, and the verdict says that its interval covers the test points only. "
+             "Equivalence verdicts (saturation, the 2*alpha band) read the two one-sided tests' 90 % interval. A claim "
+             "with several parts holds only if every part holds (an intersection-union test: its chance of a wrong "
+             "'holds' stays at most 5 %). Claim (3) is judged per alpha: over five alphas whose true equivalent eps "
+             "all lay just outside the band, the chance that at least one would wrongly read 'holds' is up to "
+             "1 - 0.95^5 = 23 %; read the five verdicts as five separate findings, not as one.", ""]
     for p in sorted(out.glob("*.claims.json")):
         d = json.loads(p.read_text())
-        lines += [f"## {d['table']}", "", f"`{d['command']}` (written {d['written']})", ""]
+        lines += [f"## {d['table']}", "", f"`{d['command']}` (written {d['written']}{provenance(d)})", ""]
         lines += [f"- **{c['verdict']}**: {c['claim']}. {c['detail']}" for c in d["claims"]] + [""]
     md = out / "claims.md"
     md.write_text("\n".join(lines))

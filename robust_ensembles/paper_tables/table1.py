@@ -3,23 +3,50 @@ K-ensemble at a small alpha (chosen on validation), a composite and a weighted p
 
 from __future__ import annotations
 
-from robust_ensembles.claims import Verdict, ensemble_vs_single
+from robust_ensembles.claims import Verdict, composites_vs_single, ensemble_beats_members, ensemble_vs_single
 from robust_ensembles.curves import curve_of
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.paper_tables.driver import Needs, TableRun
+from robust_ensembles.paper_tables.driver import ROW_CONFIG, Needs, TableRun, compose_config
 from robust_ensembles.paper_tables.reports import Filled, autoattack_of, row_cells, seeds_of
+from robust_ensembles.paper_tables.seed_blocks import CLEAN, evaluate_blocks, mean_curve, member_records, seed_blocks
 
 CHOSEN = "chosen"  # a row's alpha chosen on validation from `alpha_candidates`
 
 
 def needs(t: TableRun) -> Needs:
+    """Every row's seeds (K x its replicates), the candidates' K seeds, the composites and the single models
+    claim (5) compares them with. The chosen alpha's replicates are known once the choice is: from stored
+    validation records (`decided_alpha`); before that they are planned at the choice the estimate assumes
+    and trained when the choice is made (`seed_blocks.ensure_seeds`)."""
     n = Needs(composites=sorted({o for r in t.s.rows for o in r.get("composites", [])}))
+    chosen = decided_alpha(t) if any(r.get("alpha") == CHOSEN for r in t.s.rows) else None
     for row in t.s.rows:
-        if "alpha" in row and row.alpha != CHOSEN:
-            n.add_seeds(row.alpha, row.K)
+        if "alpha" not in row:
+            continue
+        seeds = row.K * row.get("replicates", 1)
+        if row.alpha != CHOSEN:
+            n.add_seeds(row.alpha, seeds)
+        elif chosen is not None:
+            n.add_seeds(chosen, seeds)
+        else:
+            n.add_later(min(t.s.alpha_candidates), seeds)
     for alpha in t.s.get("alpha_candidates", []):
         n.add_seeds(alpha, t.s.K)
+    ref = t.s.get("composite_reference")
+    if ref is not None:
+        n.add_seeds(ref.alpha, ref.replicates)
     return n
+
+
+def decided_alpha(t: TableRun) -> float | None:
+    """The alpha `choose_alpha` picks from the validation records the store holds, None while one it
+    reads is missing (nothing is evaluated: the choice runs in estimate mode)."""
+    saved, t.plan = t.plan, []
+    try:
+        alpha, _ = choose_alpha(t)
+        return None if any(p["curve_missing"] for p in t.plan) else alpha
+    finally:
+        t.plan = saved
 
 
 def choose_alpha(t: TableRun) -> tuple[float, list[str]]:
@@ -66,25 +93,58 @@ def fill(t: TableRun) -> Filled:
     rows, curves, records, roles = [], {}, [], {}
     for row in t.s.rows:
         a = alpha if row.get("alpha") == CHOSEN else row.get("alpha")
-        over = [f"members={row.get('members', 'seeds')}"] + ([f"alpha={a}", f"K={row.K}"] if a is not None else [])
-        if row.get("members") == "composite":  # the one composite this row shows, as needs() trained it
-            over.append(f"composite={row.composites[0]}")
-        record = t.evaluate_row(over)
-        records.append(record)
+        if row.get("members", "seeds") == "seeds":  # K-ensembles (K=1: single models) of its seed blocks
+            replicates = evaluate_blocks(t, a, row.K, row.get("replicates", 1))
+        else:
+            over = [f"members={row.members}"]
+            if row.members == "composite":  # the one composite this row shows, as needs() trained it
+                over.append(f"composite={row.composites[0]}")
+            replicates = [t.evaluate_row(over)]
+        records += replicates
         label = row.label.format(alpha=a, K=row.get("K"))
-        rows.append({"model": label, **row_cells(t, record, list(t.spec.columns_eps)), "n": record["n"],
-                     "seeds": seeds_of(record)})
-        curves[label] = curve_of(record)
+        rows.append({"model": label, **row_cells(t, replicates, list(t.spec.columns_eps)), "n": replicates[0]["n"],
+                     "seeds": seeds_of(replicates)})
+        curves[label] = mean_curve(replicates)
         if row.get("claim"):
-            roles[row.claim] = (label, record)
-    return Filled(rows, curves, notes, autoattack_of(records), claims=claims(t, roles))
+            roles[row.claim] = (label, replicates, row, a)
+    verdicts, more_notes = claims(t, roles)
+    return Filled(rows, curves, notes + more_notes, autoattack_of(records), claims=verdicts)
 
 
-def claims(t: TableRun, roles: dict[str, tuple[str, dict]]) -> list[Verdict]:
-    """Claim (1): the ensemble row against the single row at the target eps, paired."""
-    if not {"ensemble", "single"} <= set(roles):
-        return []
-    c = t.claims
-    (e_label, ensemble), (s_label, single) = roles["ensemble"], roles["single"]
-    return [ensemble_vs_single(ensemble, single, float(t.spec.target_eps), float(c.margin), float(c.level),
-                               e_label, s_label)]
+def claims(t: TableRun, roles: dict[str, tuple]) -> tuple[list[Verdict], list[str]]:
+    """Claim (1): the ensemble row's seed blocks against the single row's seeds at the target eps; claim (4):
+    every ensemble row against the mean of its members; claim (5): the composite rows against the single
+    models trained at the composite's eps (`composite_reference`). Returns the verdicts and notes."""
+    c, eps = t.claims, float(t.spec.target_eps)
+    margin, level = float(c.margin), float(c.level)
+    verdicts, notes = [], []
+    if {"ensemble", "single"} <= set(roles):
+        (e_label, ensembles, _, _), (s_label, singles, _, _) = roles["ensemble"], roles["single"]
+        verdicts.append(ensemble_vs_single(ensembles, singles, eps, margin, level, e_label, s_label))
+    if "ensemble" in roles:
+        label, ensembles, row, a = roles["ensemble"]
+        blocks = seed_blocks(row.K, row.get("replicates", 1))
+        verdicts.append(ensemble_beats_members(ensembles, member_records(t, a, blocks), level, label))
+    if "composites" in roles and "composite" in roles:
+        label, (pair,), row, _ = roles["composites"]
+        one = roles["composite"][1][0]
+        parts = [one] + [t.evaluate_row(["members=composite", f"composite={o}", *CLEAN], autoattack=False)
+                         for o in row.composites[1:]]
+        verdicts.append(ensemble_beats_members([pair], [parts], level, label, weights=pair_weights(t, row)))
+    ref = t.s.get("composite_reference")
+    if ref is not None and {"composite", "composites"} <= set(roles):
+        singles = evaluate_blocks(t, ref.alpha, 1, ref.replicates)
+        ref_label = f"Robust model eps={ref.alpha:g}"
+        verdicts.append(composites_vs_single(roles["composite"][1], roles["composites"][1], singles, eps, margin, level,
+                                             float(t.spec.auc_eps), (roles["composite"][0], roles["composites"][0],
+                                                                     ref_label)))
+        cells = row_cells(t, singles, [0.0, eps])
+        notes.append(f"claim (5)'s reference, {ref_label} (the composites' head radius; seeds {seeds_of(singles)}): "
+                     f"natural {cells['natural']}, eps={eps:g} {cells[f'eps={eps:g}']}")
+    return verdicts, notes
+
+
+def pair_weights(t: TableRun, row) -> list[float] | None:
+    """The weights of a row of weighted composites (its `members` config), None for uniform ones."""
+    members = compose_config(ROW_CONFIG, [*t.row_base, f"members={row.members}"]).members
+    return None if members.get("weights") is None else [float(w) for w in members.weights]
