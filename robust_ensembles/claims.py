@@ -32,7 +32,7 @@ import torch
 
 from robust_ensembles import outcomes
 from robust_ensembles.paired import Difference, bootstrap_accuracies, paired_difference, percentile_interval
-from robust_ensembles.replicates import ReplicatedDifference, needed, replicated_difference
+from robust_ensembles.replicates import Needed, ReplicatedDifference, needed, replicated_difference
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive at this n"
 
@@ -154,12 +154,13 @@ def ensemble_vs_single(ensemble, single, eps: float, margin: float, level: float
     detail = (f"Robust at eps={eps:g}, {ensemble_label} - {single_label}: {r_text}, non-inferiority margin "
               f"{100 * margin:g} points. Clean: {c_text}, must be above 0. Seeds: {ensemble_label} {seeds_text(ens)}; "
               f"{single_label} {seeds_text(one)}. {100 * level:g}% intervals; {attacks_text(both)}.")
-    by_block = []
+    by_block, unmatched = [], []
     seed_of = {r["members"][0].get("seed"): i for i, r in enumerate(one) if len(r.get("members", [])) == 1}
     if len(ens) > 1:
         for i, e in enumerate(ens):
             rows = [seed_of[m.get("seed")] for m in e.get("members", []) if m.get("seed") in seed_of]
             if len(rows) != len(e.get("members", [])):
+                unmatched.append(seeds_text([e]))
                 continue
             block_robust = replicated_difference(a[i:i + 1], b[rows], level)
             block_clean = replicated_difference(clean_replicates([e]), clean_replicates([one[j] for j in rows]), level)
@@ -170,22 +171,38 @@ def ensemble_vs_single(ensemble, single, eps: float, margin: float, level: float
                       "intervals, one ensemble a side): " + "; ".join(
                 f"seeds {blk['seeds']}: robust {interval_text(blk['robust'])}, clean {interval_text(blk['clean'])} "
                 f"({blk['verdict']})" for blk in by_block) + "."
+        if unmatched:
+            detail += (f" Not compared alone (no single model of each of their seeds in {single_label}): seeds "
+                       f"{', '.join(unmatched)}.")
     return Verdict(f"(1) {ensemble_label} is at least as robust at eps={eps:g} as {single_label}, and more accurate "
                    f"on clean data", combine(r_v, c_v), detail,
                    {"robust": robust.to_dict(), "clean": clean.to_dict(), "margin": margin, "eps": eps,
                     "autoattack_included": bool(both), "by_block": by_block})
 
 
+def growth_verdict(low: float, high: float) -> str:
+    """Growth (largest K - K=1) from its interval: holds when it lies wholly above 0 (a gain), fails when wholly
+    below 0 (a loss). The truths behind the two (gain > 0, gain < 0) cannot both hold; a gain too small to tell
+    from none stays inconclusive, with what would decide it."""
+    return HOLDS if low > 0 else FAILS if high < 0 else INCONCLUSIVE
+
+
+def merged_needed(*ns: Needed) -> Needed:
+    """What decides every one of several bounds at once: the most points, the most seed sets."""
+    reps = None if any(n.replicate_sets is None for n in ns) else max(n.replicate_sets for n in ns)
+    return Needed(max(n.points for n in ns), reps)
+
+
 def growth_with_k(records: dict, eps: float, margin: float, level: float) -> Verdict:
     """(2) over seed replicates: `records[K]` the K-ensembles of disjoint seed blocks (or one record), on the
     same points. Three parts, each with regions that cannot overlap:
-    - growth, largest K - K=1: holds when the interval's lower end is above 0; fails when it reaches 0 or
-      below and its upper end is below the margin (a gain of the margin's size excluded, none shown);
+    - growth, largest K - K=1 (`growth_verdict`): holds wholly above 0, fails wholly below;
     - every step K_i -> K_i+1: non-inferior (holds when the lower end is above -margin, fails when the upper
       end is below it): robust accuracy does not drop by a margin's size anywhere along K;
     - saturation, the last step: an equivalence test (TOST) holds when its 90 % interval lies inside
       +-margin, fails when the 95 % interval lies wholly outside it.
-    The claim holds only if every part holds."""
+    The claim holds only if every part holds. Sides of different K share seeds (K=8 is the union of the
+    K=4 blocks) but are treated as independent, which only widens the intervals."""
     ks = sorted(records)
     if len(ks) < 3 or ks[0] != 1:
         raise ValueError(f"the growth claim needs K=1 and at least two larger K (got {ks})")
@@ -195,11 +212,9 @@ def growth_with_k(records: dict, eps: float, margin: float, level: float) -> Ver
     best = ks[-1]
     growth = replicated_difference(mat[best], mat[1], level)
     low, high, covers = interval_of(growth)
-    g_v = HOLDS if low > 0 else FAILS if high < margin else INCONCLUSIVE
-    texts = [f"Growth, K={best} - K=1: {growth.text()} ({g_v}, over {covers}; holds above 0, fails when it "
-             f"reaches 0 and stays below +{100 * margin:g})" + (
-                 f"; {needed(growth, 0.0 if growth.estimate >= margin / 2 else margin).text()}"
-                 if g_v == INCONCLUSIVE else "")]
+    g_v = growth_verdict(low, high)
+    texts = [f"Growth, K={best} - K=1: {growth.text()} ({g_v}, over {covers}; holds wholly above 0, fails wholly "
+             f"below)" + (f"; {needed(growth, 0.0).text()}" if g_v == INCONCLUSIVE else "")]
     steps, step_vs = [], []
     for k0, k1 in zip(ks, ks[1:]):
         d = replicated_difference(mat[k1], mat[k0], level)
@@ -213,13 +228,19 @@ def growth_with_k(records: dict, eps: float, margin: float, level: float) -> Ver
     lo90, hi90, covers = interval_of(last)
     lo95, hi95, _ = interval_of(wide)
     s_v = HOLDS if -margin < lo90 and hi90 < margin else FAILS if lo95 > margin or hi95 < -margin else INCONCLUSIVE
+    decide = ""
+    if s_v == INCONCLUSIVE:  # inside the band: both ends must come in; outside: the 95 % interval must leave it
+        want = (merged_needed(needed(last, margin), needed(last, -margin)) if abs(last.estimate) < margin
+                else needed(wide, margin if last.estimate > 0 else -margin))
+        decide = f"; {want.text()}"
     texts.append(f"saturation, K={best} - K={ks[-2]}: {last.text()} at {100 * tost:g}% (TOST), must lie within "
                  f"+-{100 * margin:g} ({s_v}, over {covers}; fails when the {100 * level:g}% interval "
-                 f"[{100 * lo95:+.2f}, {100 * hi95:+.2f}] lies wholly outside)")
+                 f"[{100 * lo95:+.2f}, {100 * hi95:+.2f}] lies wholly outside){decide}")
     detail = (f"At eps={eps:g}: " + "; ".join(texts) + f". Seeds: " + "; ".join(
         f"K={k} {seeds_text(sides[k])}" for k in ks) + f". {100 * level:g}% intervals unless said; "
               f"{attacks_text(both)}; the claim holds only if every part holds.")
-    return Verdict(f"(2) robust accuracy at eps={eps:g} grows with K, step by step, and saturates (K in {ks})",
+    return Verdict(f"(2) robust accuracy at eps={eps:g} is higher at K={best} than at K=1, drops by no more than the "
+                   f"margin at any step of K, and saturates (K in {ks})",
                    combine(g_v, *step_vs, s_v), detail,
                    {"growth": growth.to_dict(), "steps": steps, "last_step": last.to_dict(), "margin": margin,
                     "eps": eps, "K": ks, "replicates": {k: len(sides[k]) for k in ks},
@@ -272,12 +293,14 @@ def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples:
     return point, low, high
 
 
-def interpolated_share(values: Sequence[float], grid: Sequence[float]) -> float:
-    """The share of bootstrap values that fall strictly between two grid radii: read off the straight line
-    between two single models rather than at one (censored values, below or beyond the grid, are not)."""
-    inside = [v for v in values if not math.isnan(v) and grid[0] <= v < grid[-1]]
-    between = [v for v in inside if not any(math.isclose(v, e, abs_tol=1e-9) for e in grid)]
-    return len(between) / len(values) if values else 0.0
+def cells_spanned(low: float, high: float, grid: Sequence[float]) -> list[tuple[float, float]]:
+    """The cells [e_i, e_i+1] of the single-model grid that the interval [low, high] reaches into: inside a
+    cell the equivalent eps is read off the straight line between two trained single models, so a wide cell
+    is interpolation, not measurement (censored ends reach the grid's first or last cell)."""
+    lo = grid[0] if math.isnan(low) else max(low, grid[0])
+    hi = grid[-1] if math.isnan(high) or high >= grid[-1] else min(high, grid[-1])
+    return [(a, b) for a, b in zip(grid, grid[1:]) if b > lo and a < hi] or \
+        ([(grid[-2], grid[-1])] if lo >= grid[-1] else [(grid[0], grid[1])])
 
 
 def points_to_decide(n: int, point: float, low: float, high: float, band: tuple[float, float]) -> float | None:
@@ -325,16 +348,20 @@ def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alph
         v = FAILS
     else:
         v = INCONCLUSIVE
-    share = interpolated_share(values, grid)
+    cells = cells_spanned(low, high, grid) if len(grid) > 1 else []
     n = len(outcomes.under_curve(ensemble, 0.0))
     detail = (f"{label}: equivalent eps {fmt(point)}, {100 * tost:g}% TOST interval [{fmt(low)}, {fmt(high)}], "
               f"{100 * level:g}% [{fmt(wide_low)}, {fmt(wide_high)}] (paired bootstrap, {samples} resamples of the "
               f"{n} test points; test points only: one ensemble and one single model per eps, so the seed variance "
               f"is unknown); 2*alpha = {target:g}, band +-{100 * tolerance:g}% = [{band[0]:.3f}, {band[1]:.3f}]; "
               f"holds when the {100 * tost:g}% interval lies inside the band, fails when the {100 * level:g}% one lies "
-              f"wholly outside. Single-model grid {grid}: {100 * share:.0f}% of the resampled values lie between two "
-              f"grid radii (read off the straight line between two single models)")
-    needed_n = points_to_decide(n, point, lower, upper, band) if v == INCONCLUSIVE else None
+              f"wholly outside. Single-model grid {grid} (seed 0 at each eps): the {100 * tost:g}% interval spans the "
+              f"cells " + ", ".join(f"[{a:g}, {b:g}]" for a, b in cells) + (
+                  f" (widest {max(b - a for a, b in cells):.2f}), where the reading is a straight line between two "
+                  f"trained single models" if cells else ""))
+    inside = band[0] <= point <= band[1]  # inside: the TOST interval must come in; outside: the 95 % one must leave
+    needed_n = (points_to_decide(n, point, *((lower, upper) if inside else (w_lower, w_upper)), band)
+                if v == INCONCLUSIVE else None)
     if v == INCONCLUSIVE:
         detail += (f"; would be decided by about {needed_n:,.0f} test points at this ensemble and these single models "
                    f"(the interval taken to shrink as 1/sqrt(n))" if needed_n and math.isfinite(needed_n) else
@@ -342,7 +369,7 @@ def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alph
     return Verdict(f"(3) the single-robust-equivalent eps of {label} is about 2*alpha = {target:g}", v, detail,
                    {"alpha": alpha, "estimate": point, "low": low, "high": high, "level": tost,
                     "low_wide": wide_low, "high_wide": wide_high, "band": list(band), "tolerance": tolerance,
-                    "grid": grid, "samples": samples, "interpolated_share": share, "points_needed": needed_n})
+                    "grid": grid, "samples": samples, "cells": [list(c) for c in cells], "points_needed": needed_n})
 
 
 # ----------------------------------------------------------------------------- over seed replicates

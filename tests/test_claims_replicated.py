@@ -85,11 +85,20 @@ def ensemble_record(rec: dict, seeds: list[int]) -> dict:
 
 def test_claim_1_over_seed_blocks_covers_retraining_and_gives_each_block_alone():
     g = torch.Generator().manual_seed(3)
-    ens = [ensemble_record(draw(g, 3000, 0.70, 0.45), list(range(4 * b, 4 * b + 4))) for b in range(2)]
-    singles = [draw(g, 3000, 0.62, 0.42, seed=s) for s in range(8)]
+    # the two builds differ (seeds 4-7 train weaker models): each block is 2 points ahead of its own seeds'
+    # singles in robust accuracy, and 22 points off the other block's, so comparing with the wrong singles shows
+    robust = [0.45, 0.25]
+    ens = [ensemble_record(draw(g, 3000, 0.70, robust[b] + 0.02), list(range(4 * b, 4 * b + 4))) for b in range(2)]
+    singles = [draw(g, 3000, 0.62, robust[s // 4], seed=s) for s in range(8)]
     v = claims.ensemble_vs_single(ens, singles, 0.5, 0.01, 0.95, "4x alpha=0.3", "single 0.5")
-    assert v.verdict == HOLDS, v.detail
+    # over both builds the difference is the same +2 points, but retraining (22 points between builds) makes
+    # its interval wide: inconclusive, where the test-point interval alone would call it
+    robust_d = v.numbers["robust"]
+    assert robust_d["estimate"] == pytest.approx(0.02, abs=0.015) and robust_d["low"] < -0.01
+    assert robust_d["points_only"]["low"] > -0.01 and v.verdict == INCONCLUSIVE, v.detail
     assert "over seeds and test points" in v.detail and "(2 vs 8 replicates" in v.detail
+    for block in v.numbers["by_block"]:  # each block against its own seeds' singles: about +2 each
+        assert block["robust"]["estimate"] == pytest.approx(0.02, abs=0.035)  # sampling noise ~1.3 points
     assert "Seeds: 4x alpha=0.3 0-3; 4-7; single 0.5 0-7, one model each" in v.detail
     # each block against the single models of its own seeds: what two separate builds would have said
     assert [b["seeds"] for b in v.numbers["by_block"]] == ["0-3", "4-7"]
@@ -99,24 +108,19 @@ def test_claim_1_over_seed_blocks_covers_retraining_and_gives_each_block_alone()
     assert "seed variance unknown" in one.detail and one.numbers["by_block"] == []
 
 
-def interval(low: float, high: float):
-    """A ReplicatedDifference-like stand-in with this interval (seed variance known)."""
-    from types import SimpleNamespace
-    return SimpleNamespace(known=True, low=low, high=high, estimate=(low + high) / 2)
-
-
 def test_growth_holds_and_fails_regions_never_overlap():
-    """The regions of every part are disjoint: for intervals anywhere on a fine grid, growth's 'holds' (lower end
-    above 0) and 'fails' (reaches 0, stays below the margin) never both apply, and [+0.23, +0.77] with a margin of
-    1 point is a gain (holds), not also 'no growth'."""
-    margin = 0.01
+    """Growth holds on intervals wholly above 0 and fails on intervals wholly below: regions (and the truths
+    behind them: a gain, a loss) that cannot meet. [+0.23, +0.77] points is a gain and nothing else; an interval
+    reaching 0 is undecided, however small the gain the margin would call negligible."""
+    assert claims.growth_verdict(0.0023, 0.0077) == HOLDS
+    assert claims.growth_verdict(-0.0077, -0.0023) == FAILS
+    assert claims.growth_verdict(-0.001, 0.004) == INCONCLUSIVE
     ends = [x / 1000 for x in range(-30, 31)]
     for lo in ends:
-        for hi in ends:
-            if hi < lo:
-                continue
-            holds, fails = lo > 0, (not lo > 0) and hi < margin
-            assert not (holds and fails)
+        for hi in (h for h in ends if h >= lo):
+            v = claims.growth_verdict(lo, hi)
+            assert (v == HOLDS) == (lo > 0) and (v == FAILS) == (hi < 0)
+    margin = 0.01
     g = torch.Generator().manual_seed(4)
     base = [draw(g, 4000, 0.6, 0.40, seed=s) for s in range(4)]
     k2 = [ensemble_record(draw(g, 4000, 0.6, 0.425), [2 * b, 2 * b + 1]) for b in range(2)]
@@ -173,8 +177,16 @@ def test_a_single_model_added_to_the_equivalence_grid_replaces_the_straight_line
     # ensemble - single: 0.25: +5, 0.75: -5 -> 0.5 on the line; with 0.5 (+20 there): 0.5 + 0.25 * 20/25 = 0.70
     assert two == pytest.approx(0.5) and three == pytest.approx(0.70)
     v = claims.equivalent_eps_about_2alpha(ens, with_half, 0.35, 0.2, 200, 0, 0.95, "4x")
-    assert "grid [0.25, 0.5, 0.75]" in v.detail and 0.9 <= v.numbers["interpolated_share"] <= 1
-    assert "% of the resampled values lie between two grid radii" in v.detail and v.verdict == HOLDS
+    assert "grid [0.25, 0.5, 0.75]" in v.detail and v.verdict == HOLDS
+    assert v.numbers["cells"] == [[0.5, 0.75]] and "spans the cells [0.5, 0.75] (widest 0.25)" in v.detail
+
+
+def test_the_cells_an_equivalent_eps_interval_spans():
+    grid = [0.22, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0]
+    assert claims.cells_spanned(0.33, 0.45, grid) == [(0.3, 0.4), (0.4, 0.5)]
+    assert claims.cells_spanned(0.6, 0.7, grid) == [(0.5, 0.75)]
+    assert claims.cells_spanned(math.nan, 0.24, grid) == [(0.22, 0.25)]    # censored below the grid
+    assert claims.cells_spanned(0.8, 1.0, grid) == [(0.75, 1.0)]           # at or beyond the grid's end
 
 
 def test_claim_3_says_how_many_test_points_would_decide_it():

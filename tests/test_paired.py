@@ -131,8 +131,12 @@ def test_claim2_verdicts_of_each_kind():
     still_growing = {1: record(base), 2: record([None] * 600 + [0.25] * 400), 4: record([None] * 700 + [0.25] * 300),
                      8: record([None] * 900 + [0.25] * 100)}
     assert claims.growth_with_k(still_growing, 0.5, 0.05, 0.95).verdict == claims.FAILS
-    flat = {k: record(base) for k in (1, 2, 4, 8)}
-    assert claims.growth_with_k(flat, 0.5, 0.05, 0.95).verdict == claims.FAILS
+    flat = {k: record(base) for k in (1, 2, 4, 8)}   # no gain and no loss: growth undecided, never "fails"
+    assert claims.growth_with_k(flat, 0.5, 0.05, 0.95).verdict == claims.INCONCLUSIVE
+    shrinks = {1: record(base), 2: record([None] * 480 + [0.25] * 520), 4: record([None] * 460 + [0.25] * 540),
+               8: record([None] * 440 + [0.25] * 560)}  # a loss of 6 points: growth fails
+    v = claims.growth_with_k(shrinks, 0.5, 0.05, 0.95)
+    assert v.verdict == claims.FAILS and "Growth, K=8 - K=1" in v.detail and "(fails" in v.detail
     robust_on = lambda lo, hi: record([None if lo <= i < hi else 0.25 for i in range(1000)])
     # +0.5 points from K=1 to K=8 with 45 discordant points: neither a gain nor its absence is established
     noisy = {1: robust_on(0, 500), 2: robust_on(0, 500), 4: robust_on(10, 515), 8: robust_on(20, 525)}

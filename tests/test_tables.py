@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from robust_ensembles import PROJECT_ROOT
 from robust_ensembles import store
@@ -212,10 +213,10 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     specs = [json.loads(p.read_text())["spec"] for p in (records.parent / "curve").glob("*.json")]
     splits = [s["test"]["split"] for s in specs]
     assert 2 <= splits.count("val") <= 4  # choosing alpha
-    # claim (4)'s members read on clean data alone: the chosen alpha's seeds 0-3, the pair's second composite, the
+    # claim (4)'s members read on clean data alone: the chosen alpha's seeds 0-3, the pair's two composites, the
     # 0.5 seeds 0-3 (Table 2 left's ensembles; Table 2 right's at 0.5) and Table 2 right's 0.25 seeds 0,1
     clean_only = [s for s in specs if s["evaluation"]["eps_grid"] == [0]]
-    assert len(clean_only) == 9 + 2 * (chosen != "0.25") and all(s["evaluation"]["auc_eps"] is None for s in clean_only)
+    assert len(clean_only) == 10 + 2 * (chosen != "0.25") and all(s["evaluation"]["auc_eps"] is None for s in clean_only)
     md = {t: (reports / f"{t}.md").read_text() for t in tables}
     for t in tables:
         assert "pending" not in md[t] and "AA eps=0.5" in md[t] and "records computed on cpu (" in md[t]
@@ -563,3 +564,20 @@ def test_committed_reports_name_no_folder_of_the_machine_that_wrote_them():
     found = [f"{p.relative_to(PROJECT_ROOT)}: {m.group(0)}" for p in (PROJECT_ROOT / "reports").rglob("*")
              if p.is_file() and p.suffix in (".md", ".json", ".csv", ".tex") for m in [machine.search(p.read_text())] if m]
     assert not found, found
+
+
+def test_value_overrides_compose_as_hydra_composes_them(tmp_path):
+    """compose_config applies value overrides to the composition of the others: the same config as Hydra's own
+    composition of all of them, for scalars, lists, null, dicts (merged), interpolations, and a group chosen
+    beside them; a key the config lacks falls back to Hydra and is named."""
+    base = ["experiment=tiny", f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    for overrides in (["alpha=0.3", "K=2", "seeds=[2,3]"], ["evaluation.eps_grid=[0]", "evaluation.auc_eps=null"],
+                      ["evaluation.autoattack={eps: 0.5}", "members=composite", "composite=paper_b"],
+                      ["alpha=${evaluation.auc_eps}", "evaluation.attack.steps=3"]):
+        fast = driver.compose_config("tables", [*base, *overrides])
+        full = driver._compose("tables", [*base, *overrides], False)
+        assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides
+    groups, values = driver.split_overrides(["members=composite", "alpha=0.5", "+x=1", "hydra/launcher=ray_cpu"])
+    assert groups == ["members=composite", "+x=1", "hydra/launcher=ray_cpu"] and values == [("alpha", 0.5)]
+    with pytest.raises(ConfigError, match="no_such_key"):
+        driver.compose_config("tables", [*base, "evaluation.no_such_key=1"])

@@ -69,7 +69,7 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
     cfg = copy.deepcopy(_COMPOSED[key])
     try:
         for name, value in values:
-            OmegaConf.update(cfg, name, value, merge=False)
+            OmegaConf.update(cfg, name, value, merge=True)  # as Hydra applies a value override
     except Exception:  # a key the config lacks, a wrong type: Hydra's own composition says what is wrong
         return copy.deepcopy(_compose(config_name, overrides, hydra))
     return cfg
@@ -199,10 +199,12 @@ class TableRun:
 
     def command(self) -> str:
         """The command that fills this table, as a user types it: with the user's overrides but those naming
-        this machine's folders (`paths.*`: the store is wherever the reader keeps theirs)."""
+        this machine's folders (`paths.*`, and any whose value is an absolute or home path: the store is
+        wherever the reader keeps theirs)."""
+        local = lambda o: o.lstrip("+~").startswith("paths.") or o.partition("=")[2].startswith(("/", "~"))
         return " ".join(["python -m robust_ensembles.tables", f"table={self.table}", f"scale={self.scale}",
-                         f"autoattack_column={self.autoattack}",
-                         *[o for o in self.user_overrides if not o.lstrip("+~").startswith("paths.")], *self.launcher])
+                         f"autoattack_column={self.autoattack}", *[o for o in self.user_overrides if not local(o)],
+                         *self.launcher])
 
     # ------------------------------------------------------------------ what the table needs
     def needs(self) -> Needs:

@@ -53,20 +53,22 @@ def autoattack_of(records: list[dict]) -> list[dict]:
     return [r["autoattack"] for r in records if r.get("autoattack")]
 
 
-def worst_case_acc(record: dict, eps: float) -> tuple[float, int]:
-    """Accuracy at eps under the worst case per point over every attack run on it, and n."""
-    robust = outcomes.worst_case(record, eps)
+def worst_case_acc(record: dict, eps: float, procedures: set | None = None) -> tuple[float, int]:
+    """Accuracy at eps under the worst case per point over every attack run on it (or those of `procedures`),
+    and n."""
+    robust = outcomes.worst_case(record, eps, procedures)
     return robust.float().mean().item(), len(robust)
 
 
-def row_numbers(t: TableRun, record: dict, columns_eps: list[float]) -> dict[str, tuple[float | None, int | None, str]]:
+def row_numbers(t: TableRun, record: dict, columns_eps: list[float],
+                procedures: dict[float, set] | None = None) -> dict[str, tuple[float | None, int | None, str]]:
     """A row's numbers, name -> (value, n of its standard error or None, kind: acc | auc | gap | flagged acc):
     accuracy at each column eps (per point the worst case over every attack run on it), the AUC (the
     evaluation attack's curve), and the AutoAttack columns: AutoAttack and the evaluation attack each on
     their own on the same points, their worst case, and the gap (value None: pending)."""
     numbers = {}
     for e in columns_eps:
-        acc, n = worst_case_acc(record, e)
+        acc, n = worst_case_acc(record, e, None if procedures is None else procedures[e])
         numbers[f"eps={e:g}" if e else "natural"] = (acc, n, "acc")
     if t.spec.get("auc_eps"):
         numbers[f"AUC({t.spec.auc_eps:g})"] = (curve_of(record).auc(t.spec.auc_eps), None, "auc")
@@ -116,7 +118,12 @@ def row_cells(t: TableRun, record: dict | list[dict], columns_eps: list[float]) 
     models of several seeds, K-ensembles of disjoint seed blocks) with the seeds' standard deviation
     beside the test-point standard error; and the attacks run on its first record later."""
     records = [record] if isinstance(record, dict) else list(record)
-    cells = format_numbers(t, [row_numbers(t, r, columns_eps) for r in records])
+    # replicates read under the same attacks: a per-point attack record counts only where every replicate has
+    # one of that procedure (a block shared with another table may carry attacks run on it later)
+    common = None if len(records) == 1 else {
+        e: set.intersection(*({outcomes.procedure(a) for a in outcomes.applicable(r, e)} for r in records))
+        for e in columns_eps}
+    cells = format_numbers(t, [row_numbers(t, r, columns_eps, common) for r in records])
     first = records[0]
     column = first.get("autoattack")
     others = [a for a in outcomes.point_attacks(first) if a is not column]  # point_attacks lists the column once
@@ -195,12 +202,13 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
 
 
 def written_by() -> dict:
-    """The commit the reports are written from and whether the code was as committed ("clean": no change to
-    a tracked file outside reports/, which writing the reports changes); commit None outside a git checkout."""
+    """The commit the reports are written from and whether the code was as committed ("clean": no change and no
+    new file outside reports/, which writing the reports changes; ignored files aside); commit None outside a
+    git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, timeout=10)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
+        changed = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!reports"],
                                  cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "clean": None}
@@ -234,18 +242,20 @@ def write_claims_md(out: Path, scale: str) -> Path:
     lines = [f"# The paper's claims at scale {scale}: verdicts written by the code", "",
              "Each verdict compares two models on the same test points (paired), each point's outcome the worst "
              "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
-             "`robust_ensembles/claims.py`. Regenerated whenever a table is written. The intervals cover the "
-             "choice of test points for these trained models, not their training: the same recipe retrained "
-             "(other seeds, threads or machine) moves the differences as well.", "",
+             "`robust_ensembles/claims.py`. Regenerated whenever a table is written. A test-point interval covers "
+             "the choice of test points for the models that were trained, not their training: the same recipe "
+             "retrained (other seeds, threads or machine) moves the differences as well.", "",
              "Where a row has several seed replicates (single models of several seeds, ensembles of disjoint seed "
              "blocks), an interval 'over seeds and points' covers retraining too (`robust_ensembles/replicates.py`, "
              "docs/statistics.md); the test-point interval is given beside it. A side with one replicate leaves the "
              "seed variance unknown, and the verdict says that its interval covers the test points only. "
              "Equivalence verdicts (saturation, the 2*alpha band) read the two one-sided tests' 90 % interval. A claim "
-             "with several parts holds only if every part holds (an intersection-union test: its chance of a wrong "
-             "'holds' stays at most 5 %). Claim (3) is judged per alpha: over five alphas whose true equivalent eps "
-             "all lay just outside the band, the chance that at least one would wrongly read 'holds' is up to "
-             "1 - 0.95^5 = 23 %; read the five verdicts as five separate findings, not as one.", ""]
+             "with several parts holds only if every part holds and fails if any part fails (an intersection-union "
+             "test: its chance of a wrong 'holds' stays at most 5 %, while a wrong 'fails' can grow up to the sum "
+             "over its parts). Claim (3) is judged per alpha: over five alphas whose true equivalent eps all lay "
+             "just outside the band, the chance that at least one would wrongly read 'holds' is at most 5 x 5 % = "
+             "25 % (the verdicts share models and points, so not 1 - 0.95^5); read the five verdicts as five "
+             "separate findings, not as one.", ""]
     for p in sorted(out.glob("*.claims.json")):
         d = json.loads(p.read_text())
         lines += [f"## {d['table']}", "", f"`{d['command']}` (written {d['written']}{provenance(d)})", ""]

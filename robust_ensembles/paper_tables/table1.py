@@ -6,7 +6,7 @@ from __future__ import annotations
 from robust_ensembles.claims import Verdict, composites_vs_single, ensemble_beats_members, ensemble_vs_single
 from robust_ensembles.curves import curve_of
 from robust_ensembles.errors import ConfigError
-from robust_ensembles.paper_tables.driver import ROW_CONFIG, Needs, TableRun, compose_config
+from robust_ensembles.paper_tables.driver import Needs, TableRun
 from robust_ensembles.paper_tables.reports import Filled, autoattack_of, row_cells, seeds_of
 from robust_ensembles.paper_tables.seed_blocks import CLEAN, evaluate_blocks, mean_curve, member_records, seed_blocks
 
@@ -125,12 +125,12 @@ def claims(t: TableRun, roles: dict[str, tuple]) -> tuple[list[Verdict], list[st
         label, ensembles, row, a = roles["ensemble"]
         blocks = seed_blocks(row.K, row.get("replicates", 1))
         verdicts.append(ensemble_beats_members(ensembles, member_records(t, a, blocks), level, label))
-    if "composites" in roles and "composite" in roles:
+    if "composites" in roles:
         label, (pair,), row, _ = roles["composites"]
-        one = roles["composite"][1][0]
-        parts = [one] + [t.evaluate_row(["members=composite", f"composite={o}", *CLEAN], autoattack=False)
-                         for o in row.composites[1:]]
-        verdicts.append(ensemble_beats_members([pair], [parts], level, label, weights=pair_weights(t, row)))
+        parts = [t.evaluate_row(["members=composite", f"composite={o}", *CLEAN], autoattack=False)
+                 for o in row.composites]
+        check_parts(t, row, pair, parts)
+        verdicts.append(ensemble_beats_members([pair], [parts], level, label, weights=pair.get("weights")))
     ref = t.s.get("composite_reference")
     if ref is not None and {"composite", "composites"} <= set(roles):
         singles = evaluate_blocks(t, ref.alpha, 1, ref.replicates)
@@ -144,7 +144,12 @@ def claims(t: TableRun, roles: dict[str, tuple]) -> tuple[list[Verdict], list[st
     return verdicts, notes
 
 
-def pair_weights(t: TableRun, row) -> list[float] | None:
-    """The weights of a row of weighted composites (its `members` config), None for uniform ones."""
-    members = compose_config(ROW_CONFIG, [*t.row_base, f"members={row.members}"]).members
-    return None if members.get("weights") is None else [float(w) for w in members.weights]
+def check_parts(t: TableRun, row, pair: dict, parts: list[dict]) -> None:
+    """The composites a row names (`composites:`, what needs() trains) must be its members, in order: claim (4)
+    reads each one's clean accuracy against the weighted ensemble of them."""
+    keys = lambda r: [m.get("key") for m in r.get("members", [])]
+    want, have = keys(pair), [k for p in parts for k in keys(p)]
+    if None not in want + have and want != have:  # (estimate mode's stand-ins have no keys)
+        raise ConfigError(f"sweeps/{t.table}.yaml scale {t.scale}: the row {row.label!r} lists composites "
+                          f"{list(row.composites)}, which are not its members ({row.members}) in that order; list "
+                          f"the composite options that build them.")
