@@ -47,7 +47,8 @@ def seed(cfg: DictConfig) -> None:
 
 
 def setup(cfg: DictConfig, callbacks: list, **trainer_overrides) -> tuple[pl.Trainer, object]:
-    """(trainer, logger) for `cfg`, after `seed(cfg)`."""
+    """(trainer, logger) for `cfg`, after `seed(cfg)`; other projects' notices kept out of the job's output."""
+    tracking.quiet_foreign_notices()
     seed(cfg)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],

@@ -1,12 +1,45 @@
-"""Experiment tracking: wandb (offline by default) through Lightning's loggers."""
+"""Experiment tracking: wandb (offline by default) through Lightning's loggers, and a job's output kept to
+our own progress and results (`quiet_foreign_notices`)."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import loggers
+
+from robust_ensembles.registry import stable_name
 
 log = logging.getLogger(__name__)
+
+
+@stable_name("wandb_logger")
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's wandb logger, less the `anonymous` setting it hands wandb on every run (None when unset),
+    which wandb deprecated and answers with 'The anonymous setting has no effect' on every job."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_foreign_notices() -> None:
+    """Drop what other projects print on every job that tells a user nothing about theirs, each matched
+    narrowly so that their real warnings stay visible: Lightning's advertisement of its cloud logger (a
+    '💡 Tip:' info line), and torch's FutureWarning on Lightning's own use of `LeafSpec` (Lightning's
+    code, not ours; fixed in later Lightning releases)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_a_tip not in logger.filters:
+            logger.addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
 
 
 def log_config(logger, cfg: DictConfig) -> None:
@@ -33,11 +66,7 @@ def log_evaluation(logger, label: str, curve, summary: dict, png) -> None:
     if not logger:
         return
     logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    try:
-        from pytorch_lightning.loggers import WandbLogger
-    except ImportError:
-        return
-    if isinstance(logger, WandbLogger):
+    if isinstance(logger, loggers.WandbLogger):
         import wandb
         run = logger.experiment
         rows = [[label, e, a, s] for e, a, s in zip(curve.eps, curve.cumulative, curve.stderr)]

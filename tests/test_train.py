@@ -164,3 +164,24 @@ def test_training_until_validation_stops_rising_is_part_of_the_identity_and_reco
     last = torch.load(entry / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     peak, floor = until.module.optimizer.lr, until.module.scheduler.floor
     assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(peak * floor)
+
+
+def test_a_job_prints_no_other_projects_notices(tiny_cfg, tmp_path, monkeypatch, capfd, caplog):
+    """A first run shows our progress and results: not Lightning's tip about its cloud logger, wandb's warning
+    on the deprecated `anonymous` setting, or torch's FutureWarning on Lightning's own pytree code; real
+    warnings stay (each filter matches one message)."""
+    import logging
+    import warnings
+
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        train(tiny_cfg("alpha=0.1", "logger=wandb"))
+        warnings.warn("a real FutureWarning", FutureWarning)
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text + "\n".join(str(w.message) for w in caught)
+    for notice in ("💡 Tip:", "anonymous setting has no effect", "isinstance(treespec, LeafSpec)"):
+        assert notice not in text, notice
+    assert "a real FutureWarning" in text
