@@ -581,3 +581,10 @@ def test_value_overrides_compose_as_hydra_composes_them(tmp_path):
     assert groups == ["members=composite", "+x=1", "hydra/launcher=ray_cpu"] and values == [("alpha", 0.5)]
     with pytest.raises(ConfigError, match="no_such_key"):
         driver.compose_config("tables", [*base, "evaluation.no_such_key=1"])
+
+
+def test_a_chosen_alpha_without_candidates_is_one_error_before_anything_trains(tmp_path, monkeypatch):
+    t = TableRun("table1", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"], "off")
+    monkeypatch.setattr(t.s, "alpha_candidates", None)
+    with pytest.raises(ConfigError, match="a row has alpha: chosen but the scale lists no alpha_candidates"):
+        t.needs()

@@ -19,7 +19,7 @@ def needs(t: TableRun) -> Needs:
     validation records (`decided_alpha`); before that they are planned at the choice the estimate assumes
     and trained when the choice is made (`seed_blocks.ensure_seeds`)."""
     n = Needs(composites=sorted({o for r in t.s.rows for o in r.get("composites", [])}))
-    chosen = decided_alpha(t) if any(r.get("alpha") == CHOSEN for r in t.s.rows) else None
+    chosen = decided_alpha(t) if check_choice(t) else None
     for row in t.s.rows:
         if "alpha" not in row:
             continue
@@ -83,10 +83,18 @@ def choice_note(t: TableRun, alpha: float) -> str:
             f"played no part in either choice")
 
 
-def fill(t: TableRun) -> Filled:
-    if any(row.get("alpha") == CHOSEN for row in t.s.rows) and not t.s.get("alpha_candidates"):
+def check_choice(t: TableRun) -> bool:
+    """Whether a row's alpha is chosen; one that is needs the scale's `alpha_candidates`."""
+    if not any(row.get("alpha") == CHOSEN for row in t.s.rows):
+        return False
+    if not t.s.get("alpha_candidates"):
         raise ConfigError(f"sweeps/{t.table}.yaml scale {t.scale}: a row has alpha: {CHOSEN} but the scale lists no "
                           f"alpha_candidates; list at least three, or give the row an alpha.")
+    return True
+
+
+def fill(t: TableRun) -> Filled:
+    check_choice(t)
     alpha, notes = choose_alpha(t) if t.s.get("alpha_candidates") else (None, [])
     if alpha is not None:
         notes.insert(0, choice_note(t, alpha))
