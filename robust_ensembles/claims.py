@@ -296,25 +296,35 @@ def equivalent_eps_interval(ensemble: dict, singles: dict[float, dict], samples:
 def cells_spanned(low: float, high: float, grid: Sequence[float]) -> list[tuple[float, float]]:
     """The cells [e_i, e_i+1] of the single-model grid that the interval [low, high] reaches into: inside a
     cell the equivalent eps is read off the straight line between two trained single models, so a wide cell
-    is interpolation, not measurement (censored ends reach the grid's first or last cell)."""
-    lo = grid[0] if math.isnan(low) else max(low, grid[0])
-    hi = grid[-1] if math.isnan(high) or high >= grid[-1] else min(high, grid[-1])
-    return [(a, b) for a, b in zip(grid, grid[1:]) if b > lo and a < hi] or \
-        ([(grid[-2], grid[-1])] if lo >= grid[-1] else [(grid[0], grid[1])])
+    is interpolation, not measurement (an end censored below the grid counts as the grid's first eps, one
+    at or beyond its end as the last)."""
+    if len(grid) < 2:
+        return []
+    lo = grid[0] if math.isnan(low) else min(max(low, grid[0]), grid[-1])
+    hi = grid[0] if math.isnan(high) else min(max(high, grid[0]), grid[-1])
+    cells = list(zip(grid, grid[1:]))
+    return [(a, b) for a, b in cells if b > lo and a < hi] or [next((a, b) for a, b in cells if a <= lo <= b)]
 
 
 def points_to_decide(n: int, point: float, low: float, high: float, band: tuple[float, float]) -> float | None:
     """Test points at which an interval of this width, shrinking as 1/sqrt(n) around the same estimate,
-    would decide the band test (inside the band: holds; the estimate outside: wholly outside, fails);
-    None where the estimate or an end is censored by the grid."""
-    if any(math.isnan(v) or math.isinf(v) for v in (point, low, high)):
+    would decide the band test (the estimate inside the band: both ends inside, holds; outside: the end
+    towards the band outside it, fails); None where the estimate or an end it needs is censored by the grid."""
+    finite = lambda *v: not any(math.isnan(x) or math.isinf(x) for x in v)
+    if not finite(point):
         return None
     if band[0] <= point <= band[1]:
+        if not finite(low, high):
+            return None
         ratios = [(point - low) / (point - band[0]) if point > band[0] else math.inf,
                   (high - point) / (band[1] - point) if point < band[1] else math.inf]
     elif point < band[0]:
+        if not finite(high):
+            return None
         ratios = [(high - point) / (band[0] - point)]
     else:
+        if not finite(low):
+            return None
         ratios = [(point - low) / (point - band[1])]
     ratio = max(ratios)
     return math.inf if math.isinf(ratio) else max(n + 1, math.ceil(n * ratio ** 2 - 1e-6))
@@ -348,16 +358,16 @@ def equivalent_eps_about_2alpha(ensemble: dict, singles: dict[float, dict], alph
         v = FAILS
     else:
         v = INCONCLUSIVE
-    cells = cells_spanned(low, high, grid) if len(grid) > 1 else []
+    cells = cells_spanned(low, high, grid)
     n = len(outcomes.under_curve(ensemble, 0.0))
     detail = (f"{label}: equivalent eps {fmt(point)}, {100 * tost:g}% TOST interval [{fmt(low)}, {fmt(high)}], "
               f"{100 * level:g}% [{fmt(wide_low)}, {fmt(wide_high)}] (paired bootstrap, {samples} resamples of the "
               f"{n} test points; test points only: one ensemble and one single model per eps, so the seed variance "
               f"is unknown); 2*alpha = {target:g}, band +-{100 * tolerance:g}% = [{band[0]:.3f}, {band[1]:.3f}]; "
               f"holds when the {100 * tost:g}% interval lies inside the band, fails when the {100 * level:g}% one lies "
-              f"wholly outside. Single-model grid {grid} (seed 0 at each eps): the {100 * tost:g}% interval spans the "
-              f"cells " + ", ".join(f"[{a:g}, {b:g}]" for a, b in cells) + (
-                  f" (widest {max(b - a for a, b in cells):.2f}), where the reading is a straight line between two "
+              f"wholly outside. Single-model grid {grid} (seed 0 at each eps)" + (
+                  f": the {100 * tost:g}% interval spans the cells " + ", ".join(f"[{a:g}, {b:g}]" for a, b in cells)
+                  + f" (widest {max(b - a for a, b in cells):.2f}), where the reading is a straight line between two "
                   f"trained single models" if cells else ""))
     inside = band[0] <= point <= band[1]  # inside: the TOST interval must come in; outside: the 95 % one must leave
     needed_n = (points_to_decide(n, point, *((lower, upper) if inside else (w_lower, w_upper)), band)

@@ -33,13 +33,16 @@ def quiet_foreign_notices() -> None:
     """Drop what other projects print on every job that tells a user nothing about theirs, each matched
     narrowly so that their real warnings stay visible: Lightning's advertisement of its cloud logger (a
     '💡 Tip:' info line), and torch's FutureWarning on Lightning's own use of `LeafSpec` (Lightning's
-    code, not ours; fixed in later Lightning releases)."""
+    code, not ours)."""
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if _not_a_tip not in logger.filters:
             logger.addFilter(_not_a_tip)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
+    message, module = r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"pytorch_lightning\.utilities\._pytree"
+    # added only where missing: adding a warnings filter again resets every module's "shown once" registry
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == message and getattr(f[3], "pattern", None) == module
+               for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
 
 
 def log_config(logger, cfg: DictConfig) -> None:

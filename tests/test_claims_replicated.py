@@ -186,7 +186,10 @@ def test_the_cells_an_equivalent_eps_interval_spans():
     assert claims.cells_spanned(0.33, 0.45, grid) == [(0.3, 0.4), (0.4, 0.5)]
     assert claims.cells_spanned(0.6, 0.7, grid) == [(0.5, 0.75)]
     assert claims.cells_spanned(math.nan, 0.24, grid) == [(0.22, 0.25)]    # censored below the grid
+    assert claims.cells_spanned(math.nan, math.nan, grid) == [(0.22, 0.25)]  # wholly below it
     assert claims.cells_spanned(0.8, 1.0, grid) == [(0.75, 1.0)]           # at or beyond the grid's end
+    assert claims.cells_spanned(0.4, 0.4, grid) == [(0.3, 0.4)]            # on a grid radius
+    assert claims.cells_spanned(0.3, 0.5, [0.5]) == []
 
 
 def test_claim_3_says_how_many_test_points_would_decide_it():
@@ -194,3 +197,6 @@ def test_claim_3_says_how_many_test_points_would_decide_it():
     assert claims.points_to_decide(1000, 0.50, 0.30, 0.60, (0.40, 0.60)) == 4000
     assert claims.points_to_decide(1000, 0.70, 0.55, 0.85, (0.40, 0.60)) == 2250  # outside: (0.15 / 0.10)^2
     assert claims.points_to_decide(1000, math.nan, 0.3, 0.5, (0.4, 0.6)) is None
+    # above the band, only the lower end decides: an upper end censored beyond the grid does not matter
+    assert claims.points_to_decide(1000, 0.70, 0.55, math.inf, (0.40, 0.60)) == 2250
+    assert claims.points_to_decide(1000, 0.50, 0.30, math.inf, (0.40, 0.60)) is None

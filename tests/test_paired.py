@@ -216,3 +216,19 @@ def test_paired_worst_case_counts_a_later_attack_only_when_both_sides_ran_the_sa
     v = claims.ensemble_vs_single(a, b, 0.5, 0.01, 0.95, "ens", "single")
     assert "run on both models: AutoAttack standard at eps=0.5 on the first 4 points" in v.detail
     assert "square" not in v.detail
+
+
+def test_a_replicated_row_reads_its_replicates_under_their_common_attacks_and_names_the_rest():
+    from types import SimpleNamespace
+
+    from robust_ensembles.paper_tables.reports import row_cells
+    a, b = record([None] * 4), record([None] * 4)
+    a["members"], b["members"] = [{"seed": 0}], [{"seed": 1}]
+    a["attacks"] = [later(0.5, [0, 0, 1, 1], key="only-a")]  # run later on replicate a alone
+    t = SimpleNamespace(spec=SimpleNamespace(get=lambda k: None, target_eps=0.5), flag_gap=0.01)
+    cells = row_cells(t, [a, b], [0, 0.5])
+    assert cells["eps=0.5"].startswith("100.00")  # both read under the curve alone, the same attacks
+    assert cells["attacks not run on every replicate (left out of the cells)"] == \
+        "AutoAttack standard at eps=0.5 on 4 points"
+    assert "other attacks (own accuracy)" not in cells
+    assert row_cells(t, a, [0, 0.5])["eps=0.5"].startswith("50.00")  # alone, its own attacks count

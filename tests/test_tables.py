@@ -573,7 +573,8 @@ def test_value_overrides_compose_as_hydra_composes_them(tmp_path):
     base = ["experiment=tiny", f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
     for overrides in (["alpha=0.3", "K=2", "seeds=[2,3]"], ["evaluation.eps_grid=[0]", "evaluation.auc_eps=null"],
                       ["evaluation.autoattack={eps: 0.5}", "members=composite", "composite=paper_b"],
-                      ["alpha=${evaluation.auc_eps}", "evaluation.attack.steps=3"]):
+                      ["alpha=${evaluation.auc_eps}", "evaluation.attack.steps=3"],
+                      ["evaluation.attack.steps=2", "++evaluation.attack.steps=5"]):  # Hydra's order for ++
         fast = driver.compose_config("tables", [*base, *overrides])
         full = driver._compose("tables", [*base, *overrides], False)
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides

@@ -185,3 +185,7 @@ def test_a_job_prints_no_other_projects_notices(tiny_cfg, tmp_path, monkeypatch,
     for notice in ("💡 Tip:", "anonymous setting has no effect", "isinstance(treespec, LeafSpec)"):
         assert notice not in text, notice
     assert "a real FutureWarning" in text
+    # wandb warns about `anonymous` once per process: the logger itself must not hand it over
+    from robust_ensembles.tracking import WandbLogger
+    assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), mode="offline")._wandb_init
+    assert WandbLogger(save_dir=str(tmp_path), mode="offline", anonymous=True)._wandb_init["anonymous"] == "allow"

@@ -100,6 +100,12 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[tuple[str, ob
             groups.append(text)
         else:
             values.append((name, o.value()))
+    # Hydra applies +, ++ and ~ overrides in the order given, among the value overrides: where one touches a
+    # key a value override also sets (or one inside the other), only Hydra's own order gives the right config
+    touched = [o.key_or_group for o in parsed if o.type != OverrideType.CHANGE]
+    related = lambda a, b: a == b or a.startswith(b + ".") or b.startswith(a + ".")
+    if any(related(t, name) for t in touched for name, _ in values):
+        return list(overrides), []
     return groups, values
 
 

@@ -120,13 +120,19 @@ def row_cells(t: TableRun, record: dict | list[dict], columns_eps: list[float]) 
     records = [record] if isinstance(record, dict) else list(record)
     # replicates read under the same attacks: a per-point attack record counts only where every replicate has
     # one of that procedure (a block shared with another table may carry attacks run on it later)
-    common = None if len(records) == 1 else {
-        e: set.intersection(*({outcomes.procedure(a) for a in outcomes.applicable(r, e)} for r in records))
-        for e in columns_eps}
+    on_each = lambda e: [{outcomes.procedure(a) for a in outcomes.applicable(r, e)} for r in records]
+    common = None if len(records) == 1 else {e: set.intersection(*on_each(e)) for e in columns_eps}
     cells = format_numbers(t, [row_numbers(t, r, columns_eps, common) for r in records])
+    if common is not None:  # say what the cells leave out, rather than drop it silently
+        left = sorted({p for e in columns_eps for p in set.union(*on_each(e)) - common[e]})
+        if left:
+            cells["attacks not run on every replicate (left out of the cells)"] = "; ".join(
+                f"{settings_name(p[2])} at eps={p[0]:g} on {p[1]} points" for p in left)
     first = records[0]
     column = first.get("autoattack")
-    others = [a for a in outcomes.point_attacks(first) if a is not column]  # point_attacks lists the column once
+    kept = set().union(*common.values()) if common is not None else None
+    others = [a for a in outcomes.point_attacks(first) if a is not column  # point_attacks lists the column once
+              and (kept is None or outcomes.procedure(a) in kept)]
     if others:  # attacks run on this model later: in the worst case above, and each one's own number here
         cells["other attacks (own accuracy)"] = "; ".join(
             f"{settings_name(outcomes.procedure(a)[2])} at eps={a['eps']:g} on {a['n']} points: "
