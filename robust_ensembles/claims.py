@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 
 from robust_ensembles import outcomes
-from robust_ensembles.paired import Difference, bootstrap_accuracies, paired_difference, percentile_interval
+from robust_ensembles.paired import Difference, bootstrap_accuracies, percentile_interval
 from robust_ensembles.replicates import Needed, ReplicatedDifference, needed, replicated_difference
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive at this n"
@@ -78,13 +78,6 @@ def at_least(d: Difference, margin: float) -> str:
     return HOLDS if d.low > -margin else FAILS if d.high < -margin else INCONCLUSIVE
 
 
-def within(d: Difference, margin: float) -> str:
-    """|first - second| <= margin: holds when the whole interval is inside, fails when wholly outside."""
-    if -margin < d.low and d.high < margin:
-        return HOLDS
-    return FAILS if d.low > margin or d.high < -margin else INCONCLUSIVE
-
-
 def equivalence_level(level: float) -> float:
     """The two one-sided tests' interval level for an equivalence verdict at `level` (TOST: each side tested
     at 1 - level, so the interval is 1 - 2 (1 - level): 90 % for the 95 % of the other verdicts)."""
@@ -126,13 +119,14 @@ def interval_text(d: dict) -> str:
 
 def seeds_text(side: list[dict]) -> str:
     """The seeds of each replicate: '0-3; 4-7' (a seed block per replicate), '0,2,5' where not contiguous."""
+    run = lambda seeds: len(seeds) > 2 and all(isinstance(s, int) for s in seeds) and \
+        seeds == list(range(seeds[0], seeds[0] + len(seeds)))  # three or more consecutive seeds: 'a-b'
+
     def block(r: dict) -> str:
         seeds = [m.get("seed") for m in r.get("members", [])]
-        if len(seeds) > 2 and all(isinstance(s, int) for s in seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-            return f"{seeds[0]}-{seeds[-1]}"
-        return ",".join(str(s) for s in seeds)
+        return f"{seeds[0]}-{seeds[-1]}" if run(seeds) else ",".join(str(s) for s in seeds)
     singles = [r["members"][0].get("seed") for r in side if len(r.get("members", [])) == 1]
-    if len(side) > 2 and len(singles) == len(side) and singles == list(range(singles[0], singles[0] + len(singles))):
+    if len(singles) == len(side) and run(singles):
         return f"{singles[0]}-{singles[-1]}, one model each"
     return "; ".join(block(r) for r in side)
 
@@ -236,7 +230,7 @@ def growth_with_k(records: dict, eps: float, margin: float, level: float) -> Ver
     texts.append(f"saturation, K={best} - K={ks[-2]}: {last.text()} at {100 * tost:g}% (TOST), must lie within "
                  f"+-{100 * margin:g} ({s_v}, over {covers}; fails when the {100 * level:g}% interval "
                  f"[{100 * lo95:+.2f}, {100 * hi95:+.2f}] lies wholly outside){decide}")
-    detail = (f"At eps={eps:g}: " + "; ".join(texts) + f". Seeds: " + "; ".join(
+    detail = (f"At eps={eps:g}: " + "; ".join(texts) + ". Seeds: " + "; ".join(
         f"K={k} {seeds_text(sides[k])}" for k in ks) + f". {100 * level:g}% intervals unless said; "
               f"{attacks_text(both)}; the claim holds only if every part holds.")
     return Verdict(f"(2) robust accuracy at eps={eps:g} is higher at K={best} than at K=1, drops by no more than the "
@@ -388,10 +382,7 @@ def above(d: ReplicatedDifference, bound: float) -> tuple[str, str]:
     it lies wholly above the bound, fails when wholly below. With one replicate on a side the seed variance
     is unknown: the verdict is then read from the test-point interval and says it covers only those. An
     undecided one says what would decide it (`replicates.needed`)."""
-    if d.known:
-        low, high, covers = d.low, d.high, "seeds and test points"
-    else:
-        low, high, covers = d.points_only.low, d.points_only.high, "test points only: seed variance unknown"
+    low, high, covers = interval_of(d)
     v = HOLDS if low > bound else FAILS if high < bound else INCONCLUSIVE
     text = f"{d.text()} ({v}, over {covers})"
     if v == INCONCLUSIVE:
@@ -413,9 +404,8 @@ def ensemble_beats_members(ensembles: list[dict], members: list[list[dict]], lev
         raise ValueError("claim (4) needs one list of member records per ensemble record")
     w = None if weights is None else torch.tensor([float(x) for x in weights])[:, None]
     first = _stack([outcomes.under_curve(e, 0.0) for e in ensembles])
-    member_mean = lambda block: _stack([outcomes.under_curve(m, 0.0) for m in block]).mean(0) if w is None else \
-        (_stack([outcomes.under_curve(m, 0.0) for m in block]) * w / w.sum()).sum(0)
-    second = _stack([member_mean(block) for block in members])
+    second = _stack([clean_replicates(block).mean(0) if w is None else (clean_replicates(block) * w / w.sum()).sum(0)
+                     for block in members])
     d = replicated_difference(first, second, level, paired_replicates=True)
     v, text = above(d, 0.0)
     seeds = [[m.get("members", [{}])[0].get("seed") for m in block] for block in members]

@@ -71,7 +71,7 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
         for name, value in values:
             OmegaConf.update(cfg, name, value, merge=True)  # as Hydra applies a value override
     except Exception:  # a key the config lacks, a wrong type: Hydra's own composition says what is wrong
-        return copy.deepcopy(_compose(config_name, overrides, hydra))
+        return _compose(config_name, overrides, hydra)  # (a fresh composition: nothing to copy)
     return cfg
 
 
@@ -222,6 +222,12 @@ class TableRun:
                 needs.add_seeds(part.alpha, int(part.seed) + 1)
         return needs
 
+    def untrained(self, seeds: dict[float, int]) -> list[tuple[float, int]]:
+        """The (alpha, seed) jobs of the first n seeds per alpha that the store lacks."""
+        train_cfg = compose_config("train", self.base)
+        return [(a, seed) for a, k in sorted(seeds.items()) for seed in range(k)
+                if not training_run(with_radius(train_cfg, a, seed)).complete]
+
     def missing(self, planning: bool = False) -> tuple[list[tuple[float, int]], list[str]]:
         """The (alpha, seed) jobs and composites the store lacks; `planning` (ESTIMATE): with the seeds that
         choices not yet made will need (`Needs.later`)."""
@@ -229,9 +235,7 @@ class TableRun:
         if planning:
             for alpha, n in needs.later.items():
                 needs.add_seeds(alpha, n)
-        train_cfg = compose_config("train", self.base)
-        jobs = [(a, seed) for a, k in sorted(needs.seeds.items()) for seed in range(k)
-                if not training_run(with_radius(train_cfg, a, seed)).complete]
+        jobs = self.untrained(needs.seeds)
         comps = []
         for option in sorted(set(needs.composites)):
             cfg = compose_config("finetune", [*self.base, f"composite={option}"])
@@ -506,8 +510,8 @@ def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10, bef
     one job per curve with its AutoAttack record, through the tables' launcher), before they are filled
     from the store. Validation records first, in rounds until none is missing (a choice such as Table
     1's alpha reads them, and each round's plan makes the choice with the records the last one stored),
-    then (after `before_test`: e.g. training what the choice needs) the test split, planned with the choice made; each multirun's jobs the longest first
-    (`evaluation_job_list`). A job that dies leaves no record; the next run launches it again. Returns
+    then (after `before_test`: e.g. training what the choice needs) the test split, planned with the choice
+    made; each multirun's jobs the longest first (`evaluation_job_list`). A job that dies leaves no record; the next run launches it again. Returns
     the number of jobs launched."""
     launch = launch or (lambda rows_file, n, t: multirun(
         "robust_ensembles.evaluate_row", [f"rows_file={rows_file}", "row=" + ",".join(map(str, range(n))),

@@ -7,8 +7,7 @@ claims compare blocks with `replicates.replicated_difference`, whose interval co
 from __future__ import annotations
 
 from robust_ensembles.curves import Curve, curve_of
-from robust_ensembles.identity import training_run, with_radius
-from robust_ensembles.paper_tables.driver import TableRun, compose_config
+from robust_ensembles.paper_tables.driver import TableRun
 
 
 def seed_blocks(K: int, replicates: int) -> list[list[int]]:
@@ -29,8 +28,7 @@ def ensure_seeds(t: TableRun, alpha: float, n: int) -> None:
     Table 1's alpha, can need replicates its `needs` could not name). Estimate mode trains nothing."""
     if t.plan is not None:
         return
-    cfg = compose_config("train", t.base)
-    jobs = [(float(alpha), s) for s in range(int(n)) if not training_run(with_radius(cfg, float(alpha), s)).complete]
+    jobs = t.untrained({float(alpha): int(n)})
     if jobs:
         t.trained += t.train(jobs, [])
 
