@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from robust_ensembles.errors import ConfigError, DatasetNotFoundError
-from robust_ensembles.registry import stable_name
+from robust_ensembles.core.errors import ConfigError, DatasetNotFoundError
+from robust_ensembles.core.registry import stable_name
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@
 
 Members are the complete store entries trained with this config (every identity key but the
 seed). The curve is a store record (<store>/records/curve/<key>.json, a PNG beside it); a record
-that exists is reused (evaluation.force=true recomputes it). See `robust_ensembles.robustness`.
+that exists is reused (evaluation.force=true recomputes it). See `robust_ensembles.evaluation.records`.
 """
 
 from __future__ import annotations
 
-from robust_ensembles import cli
-from robust_ensembles.robustness import evaluate
+from robust_ensembles.core import cli
+from robust_ensembles.evaluation.records import evaluate
 
 main = cli.main("evaluate")(evaluate)
 

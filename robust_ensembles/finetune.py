@@ -15,11 +15,11 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from robust_ensembles import cli
-from robust_ensembles.composites import Composite
-from robust_ensembles.identity import check, composite_config, composite_run
-from robust_ensembles.members import load_model
-from robust_ensembles.resumable_fit import fit_into_store
+from robust_ensembles.core import cli
+from robust_ensembles.models.composites import Composite
+from robust_ensembles.models.members import load_model
+from robust_ensembles.store.identity import check, composite_config, composite_run
+from robust_ensembles.training.resumable_fit import fit_into_store
 
 
 def finetune(cfg: DictConfig) -> dict:

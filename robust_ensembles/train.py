@@ -11,9 +11,9 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from robust_ensembles import cli
-from robust_ensembles.identity import check, training_run
-from robust_ensembles.resumable_fit import fit_into_store
+from robust_ensembles.core import cli
+from robust_ensembles.store.identity import check, training_run
+from robust_ensembles.training.resumable_fit import fit_into_store
 
 
 def train(cfg: DictConfig) -> dict:

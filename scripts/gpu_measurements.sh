@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of the paper-scale issue, in one run that stops by DEADLINE seconds (default 570: under the
-# device tool's 10-minute command limit) on one GPU (make gpu-measurements). Steps, in this order:
+# Every GPU figure of docs/paper-scale.md, in one run that stops by DEADLINE seconds (default 570: under a
+# 10-minute cap of a batch queue that kills a longer command) on one GPU (make gpu-measurements). Steps, in this order:
 #   train      experiment=paper_fast at alpha=0.5, seed 0 (fit time, kept epoch: the store's metrics.json)
 #   eval       its test accuracy on N=1,000 points: clean, the evaluation attack and standard AutoAttack at 0.5, fp32
 #   precision  the same curve in bf16 against fp32 on the same points (bench.mode=precision)

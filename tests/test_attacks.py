@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_ensembles.attacks import PGD
+from robust_ensembles.attacks.pgd import PGD
+from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.data import make_synthetic
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.models import small_cnn
+from robust_ensembles.models.architectures import small_cnn
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
@@ -133,8 +133,8 @@ def test_attacks_restore_each_members_own_mode(trained, attack):
     attack the members must still be in eval mode (BatchNorm on running statistics). Restoring only
     the wrapper's flag flipped them to train mode, and a CPU AutoAttack record then read 38.4 %
     for a model AutoAttack itself had measured at 31.0 %."""
-    from robust_ensembles.attacks import AutoAttack
-    from robust_ensembles.ensembles import Ensemble
+    from robust_ensembles.attacks.autoattack import AutoAttack
+    from robust_ensembles.models.ensembles import Ensemble
     model, x, y = trained
     ens = Ensemble([model, model])
     assert ens.training and not model.training
@@ -149,7 +149,7 @@ def test_attacks_restore_each_members_own_mode(trained, attack):
 
 # ---------------------------------------------------------------- APGD: the strong evaluation attack
 def apgd(**kw):
-    from robust_ensembles.attacks import APGD
+    from robust_ensembles.attacks.autoattack import APGD
     args = dict(eps=0.5, norm="l2", steps=20, restarts=1, target_classes=3, targeted_steps=20, rho=0.75, seed=0)
     return APGD(**{**args, **kw})
 
@@ -164,13 +164,14 @@ def test_apgd_is_never_weaker_than_pgd_per_point(trained, eps):
     """Every point the former evaluation PGD (20 steps, keep-best) flips, the default evaluation attack
     (conf/attack/apgd_eval.yaml, as configured) flips too."""
     from omegaconf import OmegaConf
+
     from robust_ensembles import CONFIG_DIR
-    from robust_ensembles.attacks import APGD
+    from robust_ensembles.attacks.autoattack import APGD
     model, x, y = trained
     torch.manual_seed(0)
     default = OmegaConf.load(CONFIG_DIR / "attack" / "apgd_eval.yaml")
     default.seed = 0
-    assert default._target_ == "robust_ensembles.attacks.APGD"
+    assert default._target_ == "robust_ensembles.attacks.autoattack.APGD"
     by_pgd = correct(model, pgd(steps=20, keep_best=True)(model, x, y, eps=eps), y)
     by_apgd = correct(model, APGD(**{k: v for k, v in default.items() if k != "_target_"})(model, x, y, eps=eps), y)
     assert not (by_apgd & ~by_pgd).any(), f"points APGD left standing that PGD flipped: {(by_apgd & ~by_pgd).sum()}"

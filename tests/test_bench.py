@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.bench import bench
-from robust_ensembles.errors import ConfigError
+from robust_ensembles.bench.modes import bench
+from robust_ensembles.core.errors import ConfigError
 
 SMOKE = ["bench.batch_size=8", "bench.image_size=16", "bench.steps=[1,2]", "bench.repeats=2", "bench.warmup=1",
          "bench.inner=1", "bench.accuracy_source=synthetic", "bench.accuracy_n=16", "bench.ensemble_k=2",
@@ -138,8 +138,8 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
                     "bisect": ["evaluation.search=bisect"],
                     "warm": ["evaluation.search=probe_bisect", "evaluation.warm_start=true"]}
     # a hand-made AutoAttack record: it flips the first 4 points and no other
-    from robust_ensembles import robustness
-    monkeypatch.setattr(robustness, "autoattack_record", lambda *a, **k: {
+    from robust_ensembles.evaluation import records
+    monkeypatch.setattr(records, "autoattack_record", lambda *a, **k: {
         "autoattack_correct": [0] * 4 + [1] * 12, "autoattack_acc": 12 / 16})
     rep = bench(cfg)
     assert [r[0] for r in rep.rows] == [f"{c}: time / baseline over rows" for c in ("apgd2", "bisect", "warm")]
@@ -161,7 +161,7 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
 
 def test_precision_mode_compares_each_precision_with_fp32_on_the_same_points(tmp_path):
     from robust_ensembles import store
-    from robust_ensembles.robustness import VERSIONS
+    from robust_ensembles.evaluation.records import VERSIONS
     from robust_ensembles.train import train
     from tests.conftest import TINY, compose_train
     paths = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from robust_ensembles.checks import run_checks
-from robust_ensembles.curves import Curve
+from robust_ensembles.evaluation.checks import run_checks
+from robust_ensembles.evaluation.curves import Curve
 
 N = 40
 GRID = [0.0, 0.25, 0.5, 1.0]

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from robust_ensembles.claims import FAILS, HOLDS, INCONCLUSIVE, composites_vs_single, ensemble_beats_members, per_point_auc
+from robust_ensembles.tables.claims import (FAILS, HOLDS, INCONCLUSIVE, composites_vs_single, ensemble_beats_members,
+                                            per_point_auc)
 
 GRID = [0.0, 0.25, 0.5]
 
@@ -65,7 +66,7 @@ def test_claim_5_composites_against_the_single_model(comp, pair, single, want):
 
 
 def test_per_point_auc_averages_to_the_curve_auc():
-    from robust_ensembles.curves import auc
+    from robust_ensembles.evaluation.curves import auc
 
     g = torch.Generator().manual_seed(3)
     r = draw(g, 500, 0.7, 0.4)
@@ -74,9 +75,9 @@ def test_per_point_auc_averages_to_the_curve_auc():
     assert math.isclose(per_point_auc(r, 0.25).max().item(), 1.0)
 
 
+from robust_ensembles.stats.replicates import replicated_difference  # noqa: E402
 # ----------------------------------------------------------------------------- claims (1)-(3) over replicates
-from robust_ensembles import claims  # noqa: E402
-from robust_ensembles.replicates import replicated_difference  # noqa: E402
+from robust_ensembles.tables import claims
 
 
 def ensemble_record(rec: dict, seeds: list[int]) -> dict:

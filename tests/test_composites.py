@@ -6,15 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_ensembles.attacks import PGD
-from robust_ensembles.composites import Composite, CompositeTraining
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.members import load_model
-from robust_ensembles.robustness import evaluate
+from robust_ensembles.attacks.pgd import PGD
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.evaluation.records import evaluate
 from robust_ensembles.finetune import finetune
-from robust_ensembles.models import small_cnn
+from robust_ensembles.models.architectures import small_cnn
+from robust_ensembles.models.composites import Composite
+from robust_ensembles.models.members import load_model
 from robust_ensembles.store import Run
 from robust_ensembles.train import train
+from robust_ensembles.training.composite_training import CompositeTraining
 from tests.conftest import TINY, clean_test_accuracy, compose_train
 
 NORM_A = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

@@ -7,8 +7,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.attacks import APGD, PGD
-from robust_ensembles.models import Classifier
+from robust_ensembles.attacks.autoattack import APGD
+from robust_ensembles.attacks.pgd import PGD
+from robust_ensembles.models.architectures import Classifier
 from tests.conftest import compose_train
 
 GROUPS = ["data", "model", "attack", "optimizer", "scheduler", "trainer", "logger", "checkpoint", "experiment"]

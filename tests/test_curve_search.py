@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from robust_ensembles.attacks import APGD
-from robust_ensembles.curves import attack_grid, curve_from_min_flip
-from robust_ensembles.errors import ConfigError
+from robust_ensembles.attacks.autoattack import APGD
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.evaluation.curves import attack_grid, curve_from_min_flip
 
 GRID = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]  # the linear model's flip radii lie around 0.02-0.7
 
@@ -136,7 +136,7 @@ def test_bisection_gives_no_per_radius_outcomes_and_an_unknown_search_is_refused
 def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
     """Records made before `evaluation.search` existed scanned the grid: a scan's spec leaves the option
     out, so their keys stand; another search is part of the key."""
-    from robust_ensembles.robustness import evaluation_spec
+    from robust_ensembles.evaluation.records import evaluation_spec
     from tests.conftest import TINY, compose_train
 
     scan = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false"], tmp_path, "evaluate"))
@@ -146,7 +146,7 @@ def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
 
 
 def test_a_warm_start_needs_an_attack_that_takes_one():
-    from robust_ensembles.attacks import PGD
+    from robust_ensembles.attacks.pgd import PGD
 
     pgd = PGD(eps=0.0, norm="l2", steps=2, rel_step_size=2.5, step_size=None, random_start=True, keep_best=True,
               tiny=1e-12, key="evaluation.attack")

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
+from robust_ensembles.core.errors import ConfigError, DatasetNotFoundError
 from robust_ensembles.data import CIFAR10DataModule, load_folder, random_crop, random_flip
-from robust_ensembles.errors import ConfigError, DatasetNotFoundError
 
 CLASSES = ["bird", "airplane", "cat"]  # sorted: airplane=0, bird=1, cat=2
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_ensembles.ensembles import Ensemble
-from robust_ensembles.members import seed_ensemble
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.models import small_cnn
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.models.architectures import small_cnn
+from robust_ensembles.models.ensembles import Ensemble
+from robust_ensembles.models.members import seed_ensemble
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
@@ -90,7 +90,7 @@ def test_ensemble_attack_follows_every_member_not_one():
             s = x.flatten(1) @ self.w
             return torch.stack([s, -s], 1)
 
-    from robust_ensembles.attacks import PGD
+    from robust_ensembles.attacks.pgd import PGD
     a, b = Linear([1.0, 0.0]), Linear([0.0, 1.0])
     x, y = torch.tensor([[0.6, 0.6]]), torch.tensor([0])
     ens = Ensemble([a, b])

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from robust_ensembles import PROJECT_ROOT
-from robust_ensembles.cli import EXIT_USER_ERROR
+from robust_ensembles.core.cli import EXIT_USER_ERROR
 from tests.conftest import TINY, run_module
 
 # one bad input per entry point, as a user types it: (module and overrides, what the one line must say)
@@ -89,7 +89,7 @@ def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
 ])
 def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overrides, message):
     """The entry points' task functions, wrapped as `cli.main` wraps them, on more bad inputs."""
-    from robust_ensembles import cli
+    from robust_ensembles.core import cli
     from robust_ensembles.evaluate import evaluate
     from robust_ensembles.finetune import finetune
     from robust_ensembles.train import train
@@ -98,9 +98,9 @@ def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overr
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"not an archive")
     overrides = [o.format(corrupt=corrupt) for o in overrides]
-    from robust_ensembles.evaluate_row import evaluate_row
-    from robust_ensembles.recommendation import recommend
-    from robust_ensembles.tables import tables
+    from robust_ensembles.recommend.recommender import recommend
+    from robust_ensembles.tables.__main__ import tables
+    from robust_ensembles.tables.evaluate_row import evaluate_row
 
     cfg = compose_train([*(TINY if task != "evaluate_row" else []), *overrides], tmp_path, config_name=task)
     fn = {"train": train, "evaluate": evaluate, "finetune": finetune, "tables": tables, "evaluate_row": evaluate_row,
@@ -115,8 +115,8 @@ def test_every_user_error_is_reported_the_same_way(tmp_path, capsys, task, overr
 
 def test_hydra_full_error_still_shows_the_traceback(tmp_path, monkeypatch, capsys):
     """With HYDRA_FULL_ERROR=1 the error is re-raised, and Hydra prints it with its traceback."""
-    from robust_ensembles import cli
-    from robust_ensembles.errors import ConfigError
+    from robust_ensembles.core import cli
+    from robust_ensembles.core.errors import ConfigError
     from robust_ensembles.train import train
     from tests.conftest import compose_train
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from robust_ensembles.errors import ConfigError
-from robust_ensembles import outcomes
-from robust_ensembles.robustness import VERSIONS, evaluate
 from robust_ensembles import store
-from robust_ensembles.curves import Curve, auc, curve_from_min_flip
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.evaluation import outcomes
+from robust_ensembles.evaluation.curves import Curve, auc, curve_from_min_flip
+from robust_ensembles.evaluation.records import VERSIONS, evaluate
 from robust_ensembles.train import train
 from tests.conftest import TINY, compose_train
 
@@ -154,7 +154,7 @@ def test_evaluation_on_the_validation_split(trained_store, tmp_path):
 def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_path, monkeypatch):
     """On a GPU `trainer.precision` is bf16-mixed for training; the evaluation runs at
     `evaluation.precision` (fp32 by default) all the same, and records it."""
-    from robust_ensembles.curves import EnsembleEvaluation
+    from robust_ensembles.evaluation.curves import EnsembleEvaluation
 
     over = [*TINY, "alpha=0.1", "seed=0", "trainer.precision=bf16-mixed"]
     train(compose_train(over, tmp_path))
@@ -174,7 +174,7 @@ def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_pat
 def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_path):
     from omegaconf import OmegaConf
 
-    from robust_ensembles.robustness import CURVE, seconds_per_member_point
+    from robust_ensembles.evaluation.records import CURVE, seconds_per_member_point
 
     cfg = compose_train([*TINY, "evaluation.eps_grid=[0,0.5]"], tmp_path, config_name="evaluate")
     spec = {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": False}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
-
-from robust_ensembles.adversarial_training import AdversarialTraining
-from robust_ensembles.compilation import EagerFallback, compile_mode, compiled
-from robust_ensembles.errors import ConfigError
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.training.adversarial import AdversarialTraining
+from robust_ensembles.training.compilation import EagerFallback, compile_mode, compiled
 from tests.conftest import compose_train
 from tests.test_data import module
 
@@ -105,7 +104,7 @@ def test_compiled_model_wraps_the_model_and_is_not_saved_twice(tmp_path, mode):
 def test_training_under_each_cpu_compile_mode_gives_a_complete_store_entry(tiny_cfg):
     """module.compile composes with training and falls back cleanly on the CPU (no CUDA graphs there)."""
     from robust_ensembles import store
-    from robust_ensembles.members import load_model
+    from robust_ensembles.models.members import load_model
     from robust_ensembles.train import train
     from tests.conftest import clean_test_accuracy
     for i, mode in enumerate(["true", "reduce-overhead"]):

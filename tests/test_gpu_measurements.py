@@ -28,7 +28,7 @@ def test_every_step_of_the_gpu_script_runs_and_reports(tmp_path):
 
 
 def test_no_step_outlives_the_deadline(tmp_path):
-    """The device tool kills a command at 600 s, losing its output: every step is capped by what is left of
+    """A queue that kills a command at 600 s loses its output: every step is capped by what is left of
     DEADLINE (default under 600 s), and a step with no time left is reported as not run."""
     script = (PROJECT_ROOT / "scripts" / "gpu_measurements.sh").read_text()
     assert int(script.split("DEADLINE=${DEADLINE:-", 1)[1].split("}", 1)[0]) <= 585

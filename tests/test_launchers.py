@@ -6,11 +6,10 @@ import os
 
 import pytest
 import yaml
-
 from hydra import compose, initialize_config_dir
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.paper_tables.driver import parallel_jobs, plugin_installed
+from robust_ensembles.tables.launch import parallel_jobs, plugin_installed
 from tests.conftest import TINY, run_module
 
 GPU_CLUSTER = "needs the gpu-cluster extra: pip install -e '.[gpu-cluster]' (CI installs it)"

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from robust_ensembles import claims, outcomes
-from robust_ensembles.paired import bootstrap_accuracies, paired_difference, percentile_interval
+from robust_ensembles.evaluation import outcomes
+from robust_ensembles.stats.paired import bootstrap_accuracies, paired_difference, percentile_interval
+from robust_ensembles.tables import claims
 
 
 def outcomes_from_counts(n11: int, n10: int, n01: int, n00: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +89,7 @@ def test_worst_case_equals_the_accuracy_of_the_union_of_flipped_points():
 def test_a_row_flags_autoattack_more_than_flag_gap_below_the_evaluation_attack(aa, flagged):
     from types import SimpleNamespace
 
-    from robust_ensembles.paper_tables.reports import row_cells
+    from robust_ensembles.tables.reports import row_cells
     t = SimpleNamespace(spec=SimpleNamespace(get=lambda k: None, target_eps=0.5), flag_gap=0.01)
     r = record([None, None, 0.25, None], aa_record(0.5, aa))   # the attack flips point 2 only: 75 %
     cells = row_cells(t, r, [0, 0.5])
@@ -184,7 +185,7 @@ def later(eps: float, correct: list[int], version: str = "standard", attacks=Non
 def test_a_later_attack_record_joins_the_worst_case_per_point_and_shows_its_own_number():
     from types import SimpleNamespace
 
-    from robust_ensembles.paper_tables.reports import row_cells
+    from robust_ensembles.tables.reports import row_cells
     column = {**aa_record(0.5, [1, 1, 0, 1]), "key": "column", "autoattack": "custom",
               "spec": {"autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "norm": "l2"}}}
     # the curve flips point 5; the column flips point 2; a later standard AutoAttack at 0.35 on the first 5 points
@@ -221,7 +222,7 @@ def test_paired_worst_case_counts_a_later_attack_only_when_both_sides_ran_the_sa
 def test_a_replicated_row_reads_its_replicates_under_their_common_attacks_and_names_the_rest():
     from types import SimpleNamespace
 
-    from robust_ensembles.paper_tables.reports import row_cells
+    from robust_ensembles.tables.reports import row_cells
     a, b = record([None] * 4), record([None] * 4)
     a["members"], b["members"] = [{"seed": 0}], [{"seed": 1}]
     a["attacks"] = [later(0.5, [0, 0, 1, 1], key="only-a")]  # run later on replicate a alone

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from robust_ensembles import recommendation
-from robust_ensembles.alpha_search import VAL, AlphaSearch, Settings, SyntheticBackend
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.paired import paired_difference
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.recommend import recommender
+from robust_ensembles.recommend.search import VAL, AlphaSearch, Settings, SyntheticBackend
+from robust_ensembles.stats.paired import paired_difference
 from robust_ensembles.train import train
 from tests.conftest import compose_train
 
@@ -125,7 +125,7 @@ def test_smallest_k_meeting_the_constraint_with_a_natural_gain():
 def test_no_k_gains_enough_and_the_report_says_so_without_touching_the_test_set(tmp_path):
     stub = Stub(crossing=0.3)
     cfg = recommend_cfg(tmp_path, "K=null", "search.min_gain=0.5", "search.K_values=[1,2]")
-    summary = recommendation.recommend(cfg, [], backend=stub)
+    summary = recommender.recommend(cfg, [], backend=stub)
     assert summary["alpha"] is None and summary["test"] is None and "gains search.min_gain=0.5" in summary["no_answer"]
     assert all(split == VAL for _, _, split in stub.calls)
     md = (tmp_path / "reports" / "tiny" / "recommend-eps0.5-Kmin.md").read_text()
@@ -157,7 +157,7 @@ def recommend_cfg(tmp_path, *over):
 def test_the_test_set_is_read_only_after_the_choice_and_the_report_is_written(tmp_path):
     stub = Stub(crossing=0.3)
     cfg = recommend_cfg(tmp_path, "K=4")
-    summary = recommendation.recommend(cfg, [], backend=stub)
+    summary = recommender.recommend(cfg, [], backend=stub)
     splits = [split for _, _, split in stub.calls]
     first_test = splits.index("test")
     assert all(s == VAL for s in splits[:first_test])
@@ -173,16 +173,16 @@ def test_on_the_store_it_reuses_trained_models_shares_table1_records_and_reads_t
     """Tiny models trained beforehand: a zero budget trains nothing; the upper end, the single model and the
     lower end are read on validation (Table 1's own records), then the choice and the single model once on
     the test set (Table 1's rows)."""
-    from robust_ensembles.paper_tables.driver import TableRun
+    from robust_ensembles.tables.table_run import TableRun
 
     for alpha, seed in [(0.5, 0), (0.125, 0)]:
         train(compose_train(["experiment=tiny", f"alpha={alpha}", f"seed={seed}"], tmp_path))
     paths = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
     own = ["scale=tiny", "target_eps=0.5", "K=1", "search.budget=0", "search.margin=1.0"]  # margin 1: every alpha meets it
     cfg = recommend_cfg(tmp_path, *own[2:])
-    backend = recommendation.StoreBackend(cfg, [*own, *paths])
+    backend = recommender.StoreBackend(cfg, [*own, *paths])
     assert backend.missing(0.5, 1) == [] and backend.missing(0.5, 2) == [1] and backend.stored_alphas(1) == [0.125, 0.5]
-    summary = recommendation.recommend(cfg, [*own, *paths], backend=backend)
+    summary = recommender.recommend(cfg, [*own, *paths], backend=backend)
     assert summary["alpha"] == 0.125 and summary["models_trained"] == 0
     # (at K=1 the upper end is the single model itself: one validation record serves both)
     assert backend.evaluated == [(0.5, 1, "val"), (0.5, 1, "val"), (0.125, 1, "val"), (0.125, 1, "test"), (0.5, 1, "test")]

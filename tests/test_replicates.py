@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from robust_ensembles.replicates import needed, replicated_difference, t_quantile
+from robust_ensembles.stats.replicates import needed, replicated_difference, t_quantile
 
 
 def generate(g: torch.Generator, replicates: int, n: int, shift: float, seed_sd: float, q: torch.Tensor) -> torch.Tensor:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from pytorch_lightning.callbacks import ModelCheckpoint
-
-from robust_ensembles.callbacks import EarlyStoppingAfter
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.schedules import warmup_cosine_floor
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.training.callbacks import EarlyStoppingAfter
+from robust_ensembles.training.schedules import warmup_cosine_floor
 
 
 def lrs(steps: int, **kwargs) -> list[float]:

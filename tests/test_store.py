@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from robust_ensembles import store
-from robust_ensembles.errors import CheckpointError, StoreBusyError
+from robust_ensembles.core import files
+from robust_ensembles.core.errors import CheckpointError, StoreBusyError
 from tests.conftest import compose_train
 
 
@@ -47,7 +48,7 @@ def test_missing_and_corrupt_weights_name_the_file(tmp_path):
 
 def test_weights_load_with_weights_only(tmp_path):
     path = tmp_path / "ok.pt"
-    store.save_atomic({"w": torch.ones(2)}, path)
+    files.save_atomic({"w": torch.ones(2)}, path)
     assert torch.equal(store.load_weights(path)["w"], torch.ones(2))
 
 
@@ -73,13 +74,14 @@ WRITER = """
 import sys, torch
 from pathlib import Path
 from robust_ensembles import store
+from robust_ensembles.core import files
 root, kind = Path(sys.argv[1]), sys.argv[2]
 big = list(range(3_000_000))  # slow enough to kill mid-write
 while True:
     if kind == "record":
         store.put_record(root, "curve", {"model": "m"}, 1, {"acc": 0.5, "per_point": big})
     else:  # what AtomicCheckpointIO.save_checkpoint calls (test_checkpoints_are_saved_through_the_store)
-        store.save_atomic({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
+        files.save_atomic({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
 """
 
 
@@ -96,7 +98,7 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
         store.put_record(tmp_path, "curve", {"model": "m"}, 1, {"acc": 0.25})
         target = store.record_path(tmp_path, "curve", {"model": "m"})
     else:
-        store.save_atomic({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
+        files.save_atomic({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
         target = tmp_path / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), kind], cwd=PROJECT_ROOT)
     deadline = time.time() + 60
@@ -112,11 +114,11 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
 
 
 def test_checkpoints_are_saved_through_the_store(tiny_cfg, monkeypatch):
-    """Training writes last.ckpt and best.ckpt with AtomicCheckpointIO, i.e. through store.save_atomic."""
+    """Training writes last.ckpt and best.ckpt with AtomicCheckpointIO, i.e. through core.files.save_atomic."""
     from robust_ensembles.train import train
 
     saved = []
-    real = store.save_atomic
-    monkeypatch.setattr(store, "save_atomic", lambda obj, path: (saved.append(path.name), real(obj, path))[1])
+    real = files.save_atomic
+    monkeypatch.setattr(files, "save_atomic", lambda obj, path: (saved.append(path.name), real(obj, path))[1])
     train(tiny_cfg("alpha=0.1"))
     assert {"last.ckpt", "best.ckpt", "model.pt", "model_last.pt"} <= set(saved)

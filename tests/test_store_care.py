@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from robust_ensembles import PROJECT_ROOT, identity, models, registry, store
-from robust_ensembles.cli import EXIT_USER_ERROR
-from robust_ensembles.errors import ConfigError, StoreIntegrityError, StoreSchemeError
-from robust_ensembles.record_kinds import VERSIONS
-from robust_ensembles.robustness import evaluate
-from robust_ensembles.store import admin
+from robust_ensembles import PROJECT_ROOT, store
+from robust_ensembles.core import registry
+from robust_ensembles.core.cli import EXIT_USER_ERROR
+from robust_ensembles.core.errors import ConfigError, StoreIntegrityError, StoreSchemeError
+from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.models import architectures
+from robust_ensembles.store import admin, identity
+from robust_ensembles.store.record_kinds import VERSIONS
 from robust_ensembles.train import train
 from tests.conftest import TINY, compose_train, run_module
 
@@ -110,21 +112,21 @@ def test_keys_hold_stable_names_not_module_paths(tmp_path):
 def test_every_target_of_the_configs_has_a_stable_name():
     for path in sorted((PROJECT_ROOT / "conf").rglob("*.yaml")):
         for target in re.findall(r"_target_:\s*([\w.]+)", path.read_text()):
-            if target.startswith("robust_ensembles.") and not target.startswith("robust_ensembles.cli."):
+            if target.startswith("robust_ensembles.") and not target.startswith("robust_ensembles.core.cli."):
                 assert "." not in registry.name_of(target), f"{path}: {target}"
 
 
 def _move_small_cnn(monkeypatch) -> str:
-    """Move small_cnn from robust_ensembles.models to robust_ensembles.relocated (its old path gone, its
+    """Move small_cnn from robust_ensembles.models.architectures to robust_ensembles.relocated (its old path gone, its
     decorator with it), as a reorganisation of the package would; returns its new path."""
-    original = models.small_cnn
+    original = architectures.small_cnn
     module = types.ModuleType("robust_ensembles.relocated")
     moved = types.FunctionType(original.__code__, original.__globals__, "small_cnn", original.__defaults__)
     moved.__module__, moved.__qualname__, moved.__kwdefaults__ = module.__name__, "small_cnn", original.__kwdefaults__
     monkeypatch.delitem(registry._BY_NAME, "small_cnn")
     module.small_cnn = registry.stable_name("small_cnn")(moved)
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.delattr(models, "small_cnn")
+    monkeypatch.delattr(architectures, "small_cnn")
     return f"{module.__name__}.small_cnn"
 
 
@@ -138,7 +140,7 @@ def test_a_class_moved_to_another_module_keeps_every_key(tmp_path, monkeypatch, 
     first = evaluate(compose_train([*over, *EVAL, "K=2"], tmp_path, "evaluate"))
     new_path = _move_small_cnn(monkeypatch)
     with pytest.raises(AttributeError):
-        models.small_cnn  # noqa: B018  (the old path is gone)
+        architectures.small_cnn  # noqa: B018  (the old path is gone)
     moved = [f"model._target_={new_path}"]
     for seed, key in zip((0, 1), keys):  # the config names the new path: every key is the same
         run = identity.training_run(compose_train([*over, *moved, f"seed={seed}"], tmp_path))
@@ -149,7 +151,7 @@ def test_a_class_moved_to_another_module_keeps_every_key(tmp_path, monkeypatch, 
     again = evaluate(compose_train([*over, *moved, *EVAL, "K=2"], tmp_path, "evaluate"))
     assert again["key"] == first["key"] and again["wall_s"] == first["wall_s"]  # the record is found, not recomputed
     # and the stored models are built where the code lives now (their config.yaml names the old path)
-    from robust_ensembles.members import load_model
+    from robust_ensembles.models.members import load_model
     assert type(load_model(store.Run.at(tmp_path / "store" / keys[0]))).__name__ == "Classifier"
 
 
@@ -165,7 +167,7 @@ def _as_scheme1(root: Path) -> dict[str, str]:
     records without digests and with those keys. Returns new key -> scheme-1 key."""
     def old_paths(value):
         value = registry.buildable(value)
-        return json.loads(json.dumps(value).replace("robust_ensembles.adversarial_training.AdversarialTraining",
+        return json.loads(json.dumps(value).replace("robust_ensembles.training.adversarial.AdversarialTraining",
                                                     "robust_ensembles.training.AdversarialTraining"))
     keys = {}
     paths = sorted(store.entries(root), key=lambda p: "backbones" in json.loads((p / "identity.json").read_text()))

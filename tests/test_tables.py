@@ -16,13 +16,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from robust_ensembles import PROJECT_ROOT
-from robust_ensembles import store
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.paper_tables import driver
-from robust_ensembles.paper_tables.driver import TableRun, compose_config
-from robust_ensembles.paper_tables.reports import write_table
-from robust_ensembles.paper_tables.table2_equivalence import equivalent_eps
+from robust_ensembles import PROJECT_ROOT, store
+from robust_ensembles.core import compose
+from robust_ensembles.core.compose import compose_config
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.tables import driver, estimate, evaluation_jobs, launch
+from robust_ensembles.tables.reports import write_table
+from robust_ensembles.tables.table2_equivalence import equivalent_eps
+from robust_ensembles.tables.table_run import TableRun
 
 GRID = [0.25, 0.5, 0.75, 1.0]
 
@@ -135,10 +136,10 @@ def in_process(monkeypatch) -> list:
         if module == "robust_ensembles.train":
             for a in o["alpha"].split(","):
                 for seed in o["seed"].split(","):
-                    train(driver.compose_config("train", [*self.base, f"alpha={a}", f"seed={seed}"]))
+                    train(compose.compose_config("train", [*self.base, f"alpha={a}", f"seed={seed}"]))
         else:
             for c in o["composite"].split(","):
-                finetune(driver.compose_config("finetune", [*self.base, f"composite={c}"]))
+                finetune(compose.compose_config("finetune", [*self.base, f"composite={c}"]))
 
     monkeypatch.setattr(TableRun, "multirun", multirun)
     return calls
@@ -190,15 +191,15 @@ def test_miniature_tables_end_to_end_autoattack_shared_and_reruns_train_nothing(
     adversarial = [fit(r) for r in runs if "backbones" not in r.identity and r.identity["alpha"] > 0]
     composite = [fit(r) for r in runs if "backbones" in r.identity]
     assert len(composite) == 2
-    text, seconds = t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"])
+    text, seconds = estimate.estimate_training(t1, [(0.25, 7), (0.3, 7)], ["paper"])
     assert seconds == pytest.approx(2 * statistics.median(adversarial) + statistics.median(composite))
     # two at a time: the two fits of one multirun together, then the composite's multirun
-    assert t1.estimate_training([(0.25, 7), (0.3, 7)], ["paper"], slots=2)[1] == \
+    assert estimate.estimate_training(t1, [(0.25, 7), (0.3, 7)], ["paper"], slots=2)[1] == \
         pytest.approx(statistics.median(adversarial) + statistics.median(composite))
     assert "2 training jobs and 1 composites missing" in text and "composite " in text
     # fits timed with other torch threads per job do not cost this run's jobs (tiny has no reference costs)
     other = TableRun("table1", "tiny", [*over, f"threads={torch.get_num_threads() + 1}"], "stored")
-    assert other.estimate_training([(0.25, 7)], [])[1] is None
+    assert estimate.estimate_training(other, [(0.25, 7)], [])[1] is None
 
     driver.run("all", "tiny", over)
     out = capsys.readouterr().out
@@ -307,7 +308,7 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
                 return rows + [entry(f"test-{c}", "test")]
         return rows
 
-    table = NS(evaluation_plan=plan, evaluate_cfg=NS(store=NS(root=str(tmp_path))), user_overrides=[], launcher=[])
+    table = NS(evaluate_cfg=NS(store=NS(root=str(tmp_path))), user_overrides=[], launcher=[])
     launched = []
 
     def launch(rows_file, n, t):
@@ -316,35 +317,35 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
         launched.append([r[0].split("=")[1] for r in rows])
         stored.update(r[0].split("=")[1] for r in rows)
 
-    assert driver.evaluation_jobs([table], launch=launch) == 4
+    assert evaluation_jobs.evaluation_jobs([table], launch=launch, plan_of=lambda t: plan()) == 4
     assert launched == [["c1", "single"], ["c2"], ["test-c2"]]
     # a job killed before it stored its record: the next run launches that one again, and only it
     stored.discard("c2")
     launched.clear()
-    assert driver.evaluation_jobs([table], launch=launch) == 1 and launched == [["c2"]]
+    assert evaluation_jobs.evaluation_jobs([table], launch=launch, plan_of=lambda t: plan()) == 1 and launched == [["c2"]]
 
 
 @pytest.mark.parametrize("evaluate_in", ["process", pytest.param("jobs", marks=pytest.mark.slow)])  # jobs: +14 s
 def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, evaluate_in):
-    """The README's recipe: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
+    """The recipe of docs/tables.md: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
     driver trains what it needs (a training multirun), evaluates its rows and writes its reports. With
     evaluate_in=jobs the rows' records are computed by a Hydra multirun of evaluate_row in separate
     processes (the driver's process computes none), the same records as in-process evaluation (the
     rounds of jobs are tested fast in test_evaluation_jobs_launch_validation_rounds_...)."""
-    from robust_ensembles import robustness
+    from robust_ensembles.evaluation import records
 
-    guard, put = {"on": evaluate_in == "jobs"}, robustness.store.put_record
+    guard, put = {"on": evaluate_in == "jobs"}, records.store.put_record
 
     def no_record_here(*a, **k):
         assert not guard["on"], "a record was computed in the driver's process"
         return put(*a, **k)
 
-    monkeypatch.setattr(robustness.store, "put_record", no_record_here)
+    monkeypatch.setattr(records.store, "put_record", no_record_here)
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "k_table.py").write_text(textwrap.dedent('''
-        from robust_ensembles.curves import curve_of
-        from robust_ensembles.paper_tables.driver import Needs
-        from robust_ensembles.paper_tables.reports import Filled, row_cells
+        from robust_ensembles.evaluation.curves import curve_of
+        from robust_ensembles.tables.table_run import Needs
+        from robust_ensembles.tables.reports import Filled, row_cells
 
         def needs(t):
             return Needs().add_seeds(t.s.alpha, max(t.s.K_values))
@@ -392,7 +393,7 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, eval
 
 
 def test_an_unknown_table_or_scale_is_named(tmp_path):
-    from robust_ensembles.errors import ConfigError
+    from robust_ensembles.core.errors import ConfigError
     with pytest.raises(ConfigError, match=r"table=tabel1: no sweep .*table1"):
         TableRun("tabel1", "cpu", [])
     with pytest.raises(ConfigError, match="scale=huge is not declared"):
@@ -402,8 +403,8 @@ def test_an_unknown_table_or_scale_is_named(tmp_path):
 def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_path, monkeypatch):
     """The smallest candidate whose ensemble matches the single model at the target eps, judged on the
     validation split only, and every validation evaluation comes before any test-set evaluation."""
-    from robust_ensembles.curves import Curve
-    from robust_ensembles.paper_tables import table1
+    from robust_ensembles.evaluation.curves import Curve
+    from robust_ensembles.tables import table1
 
     val_acc = {0.5: 0.40, 0.25: 0.38, 0.3: 0.41, 0.4: 0.45}  # at eps 0.5 on validation: 0.3 is the first to match
     calls = []
@@ -441,7 +442,7 @@ def test_table1_chooses_alpha_on_validation_before_touching_the_test_set(tmp_pat
 
 
 def test_estimate_takes_the_reference_of_its_threads_and_places_the_jobs_on_the_slots_run_at_once(tmp_path, capsys):
-    from robust_ensembles.robustness import this_device
+    from robust_ensembles.evaluation.records import this_device
     ref = lambda threads, fit: (f"{{device: '{this_device()}', measured: 'a test with {threads} thread(s)', "
                                 f"threads: {threads}, fit_seconds: {{natural: {fit}, adversarial: {2 * fit}, composite: "
                                 f"{3 * fit}}}, seconds_per_member_point: {{curve: 0.5, autoattack: 1.0}}}}")
@@ -456,12 +457,12 @@ def test_estimate_takes_the_reference_of_its_threads_and_places_the_jobs_on_the_
     assert "about 0.11 h of training" in lines[1] and "adversarial 0.4 min, reference of a test with 1 thread(s)" in lines[1]
     driver.run("all", "tiny", [*over, "threads=3"], estimate=True)  # no reference with 3 threads: none taken
     assert "no natural or adversarial or composite job of this setup has run yet" in capsys.readouterr().out
-    assert driver.total_text(7200, 3600) == "; in all about 3.00 h"
+    assert estimate.total_text(7200, 3600) == "; in all about 3.00 h"
     queued = " (each multirun's jobs start as slots free and it ends with its last)"
-    assert driver.total_text(3600, 3600, 2) == "; in all about 2.00 h with 2 training jobs at a time" + queued
-    assert driver.total_text(3600, 1800, 2, 2) == ("; in all about 1.50 h with 2 training jobs at a time and 2 "
+    assert estimate.total_text(3600, 3600, 2) == "; in all about 2.00 h with 2 training jobs at a time" + queued
+    assert estimate.total_text(3600, 1800, 2, 2) == ("; in all about 1.50 h with 2 training jobs at a time and 2 "
                                                    "evaluation jobs at a time" + queued)
-    assert driver.total_text(0, 3600, 2) == "; in all about 1.00 h"   # nothing to train: nothing spread
+    assert estimate.total_text(0, 3600, 2) == "; in all about 1.00 h"   # nothing to train: nothing spread
 
 
 def test_a_multirun_lasts_until_its_last_job_and_evaluation_jobs_start_longest_first():
@@ -469,11 +470,12 @@ def test_a_multirun_lasts_until_its_last_job_and_evaluation_jobs_start_longest_f
     jobs (one per missing curve, with its AutoAttack record) are launched longest first: two slots finish
     8 units of work in 4, where the long job last and alone (as sorted overrides launched it) took 6."""
     from types import SimpleNamespace as NS
-    from robust_ensembles.robustness import AUTOATTACK, CURVE
 
-    assert driver.makespan([3, 3, 3], 1) == 9 and driver.makespan([], 2) == 0
-    assert driver.makespan([1, 1, 2, 5], 2) == 6   # 1 | 1, then 2 after a 1, then 5 after the other 1
-    assert driver.makespan([1, 1, 1, 1, 4], 2) == 6 and driver.makespan([4, 1, 1, 1, 1], 2) == 4
+    from robust_ensembles.evaluation.records import AUTOATTACK, CURVE
+
+    assert estimate.makespan([3, 3, 3], 1) == 9 and estimate.makespan([], 2) == 0
+    assert estimate.makespan([1, 1, 2, 5], 2) == 6   # 1 | 1, then 2 after a 1, then 5 after the other 1
+    assert estimate.makespan([1, 1, 1, 1, 4], 2) == 6 and estimate.makespan([4, 1, 1, 1, 1], 2) == 4
 
     def row(key, split, curve=None, aa=None):
         costs = {**({CURVE: (curve, None)} if curve is not None else {}),
@@ -487,24 +489,24 @@ def test_a_multirun_lasts_until_its_last_job_and_evaluation_jobs_start_longest_f
             row("e", "test", 3, aa=1),          # the same curve, with its AutoAttack record: one job of 4
             row("f", "test"),                   # nothing missing: no job
             row("v", "val", 2)]
-    jobs = driver.evaluation_job_list(plan, "test")
+    jobs = estimate.evaluation_job_list(plan, "test")
     assert [(j["overrides"], j["seconds"]) for j in jobs] == [(["row=e"], 4), (["row=a"], 1), (["row=b"], 1),
                                                               (["row=c"], 1), (["row=d"], 1)]
-    assert [j["overrides"] for j in driver.evaluation_job_list(plan, "val")] == [["row=v"]]
-    text, wall = driver.TableRun.estimate_evaluation(NS(), plan, slots=2)
+    assert [j["overrides"] for j in estimate.evaluation_job_list(plan, "val")] == [["row=v"]]
+    text, wall = estimate.estimate_evaluation(NS(), plan, slots=2)
     assert wall == 2 + 4   # validation (2, alone), then test: e | a b c d
-    assert driver.TableRun.estimate_evaluation(NS(), plan)[1] == 2 + 8
+    assert estimate.estimate_evaluation(NS(), plan)[1] == 2 + 8
     assert "about 0.00 h" in text and "where none is stored yet: autoattack (reference of a test)" in text
     # a second AutoAttack record of curve e: the job carries one, the other is computed afterwards, alone
     second = {**row("e", "test", 3, aa=5), "autoattack_key": "aa-e2"}
-    assert driver.TableRun.estimate_evaluation(NS(), [*plan, second], slots=2)[1] == 2 + (3 + 5) + 1
+    assert estimate.estimate_evaluation(NS(), [*plan, second], slots=2)[1] == 2 + (3 + 5) + 1
     # training: one multirun per distinct seed list (alpha outer, as Hydra's sweeper launches them)
-    assert driver.multirun_groups([(0.25, 0), (0.25, 1), (0.5, 0), (0.5, 1), (0.0, 0)]) == [([0.25, 0.5], [0, 1]),
+    assert launch.multirun_groups([(0.25, 0), (0.25, 1), (0.5, 0), (0.5, 1), (0.0, 0)]) == [([0.25, 0.5], [0, 1]),
                                                                                             ([0.0], [0])]
 
 
 def test_a_cpu_measurement_counts_only_for_its_own_threads_and_a_gpus_for_any():
-    from robust_ensembles.jobs import measured_with
+    from robust_ensembles.core.job_setup import measured_with
     assert measured_with(1, {"device": "cpu", "threads": 1}) and not measured_with(2, {"device": "cpu", "threads": 1})
     assert measured_with(torch.get_num_threads(), {"device": "cpu"})   # before threads were recorded: the default
     assert not measured_with(torch.get_num_threads() + 1, {"fit_seconds": 5.0})
@@ -512,7 +514,7 @@ def test_a_cpu_measurement_counts_only_for_its_own_threads_and_a_gpus_for_any():
 
 
 def test_an_unknown_launcher_is_refused_before_anything_runs(tmp_path):
-    assert driver.parallel_jobs([]) == 1
+    assert launch.parallel_jobs([]) == 1
     with pytest.raises(ConfigError, match=r"launcher overrides \['hydra/launcher=nope'\]: .*Could not find"):
         driver.run("all", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
                    launcher=["hydra/launcher=nope"])
@@ -520,7 +522,7 @@ def test_an_unknown_launcher_is_refused_before_anything_runs(tmp_path):
 
 
 def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_so(tmp_path, capsys):
-    from robust_ensembles.robustness import this_device
+    from robust_ensembles.evaluation.records import this_device
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store",
             f"+reference_costs={{device: '{this_device()}', measured: 'a test', fit_seconds: {{natural: 10, adversarial: 20, "
             "composite: 30}, seconds_per_member_point: {curve: 0.5, autoattack: 1.0}}"]
@@ -575,13 +577,13 @@ def test_value_overrides_compose_as_hydra_composes_them(tmp_path):
                       ["evaluation.autoattack={eps: 0.5}", "members=composite", "composite=paper_b"],
                       ["alpha=${evaluation.auc_eps}", "evaluation.attack.steps=3"],
                       ["evaluation.attack.steps=2", "++evaluation.attack.steps=5"]):  # Hydra's order for ++
-        fast = driver.compose_config("tables", [*base, *overrides])
-        full = driver._compose("tables", [*base, *overrides], False)
+        fast = compose.compose_config("tables", [*base, *overrides])
+        full = compose._compose("tables", [*base, *overrides], False)
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides
-    groups, values = driver.split_overrides(["members=composite", "alpha=0.5", "+x=1", "hydra/launcher=ray_cpu"])
+    groups, values = compose.split_overrides(["members=composite", "alpha=0.5", "+x=1", "hydra/launcher=ray_cpu"])
     assert groups == ["members=composite", "+x=1", "hydra/launcher=ray_cpu"] and values == [("alpha", 0.5)]
     with pytest.raises(ConfigError, match="no_such_key"):
-        driver.compose_config("tables", [*base, "evaluation.no_such_key=1"])
+        compose.compose_config("tables", [*base, "evaluation.no_such_key=1"])
 
 
 def test_a_chosen_alpha_without_candidates_is_one_error_before_anything_trains(tmp_path, monkeypatch):

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_ensembles import PROJECT_ROOT, identity, store
-from robust_ensembles.errors import ConfigError
-from robust_ensembles.members import load_model
+from robust_ensembles import PROJECT_ROOT, store
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.models.members import load_model
+from robust_ensembles.store import identity
 from robust_ensembles.train import train
-from robust_ensembles.adversarial_training import AdversarialTraining
+from robust_ensembles.training.adversarial import AdversarialTraining
 from tests.conftest import TINY, clean_test_accuracy, run_module
 
 
@@ -52,7 +53,7 @@ def test_stored_model_is_found_by_query_and_reloads(tiny_cfg, tmp_path):
     train(tiny_cfg("alpha=0.1", "seed=1"))
     train(tiny_cfg("alpha=0", "seed=0"))
     root = tmp_path / "store"
-    runs = store.query(root, {"alpha": 0.1, "model._target_": "robust_ensembles.models.small_cnn"})
+    runs = store.query(root, {"alpha": 0.1, "model._target_": "robust_ensembles.models.architectures.small_cnn"})
     assert [r.identity["seed"] for r in runs] == [0, 1]
     assert [r.identity["seed"] for r in store.query(root, {"alpha": 0.1}, seeds=[1])] == [1]
     assert len(store.query(root, {"alpha": 0.0})) == 1
@@ -68,7 +69,7 @@ def test_negative_alpha_is_refused_before_training(tiny_cfg, tmp_path):
 
 
 def test_missing_data_fails_before_a_store_entry_is_created(tiny_cfg, tmp_path):
-    from robust_ensembles.errors import DatasetNotFoundError
+    from robust_ensembles.core.errors import DatasetNotFoundError
 
     cfg = tiny_cfg("alpha=0.1", "seed=0", "data.source=folder", f"data.root={tmp_path}/nowhere")
     with pytest.raises(DatasetNotFoundError, match="nowhere"):
@@ -186,6 +187,6 @@ def test_a_job_prints_no_other_projects_notices(tiny_cfg, tmp_path, monkeypatch,
         assert notice not in text, notice
     assert "a real FutureWarning" in text
     # wandb warns about `anonymous` once per process: the logger itself must not hand it over
-    from robust_ensembles.tracking import WandbLogger
+    from robust_ensembles.core.tracking import WandbLogger
     assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), mode="offline")._wandb_init
     assert WandbLogger(save_dir=str(tmp_path), mode="offline", anonymous=True)._wandb_init["anonymous"] == "allow"

@@ -33,16 +33,16 @@ of its own content; a damaged or truncated one is reported and recomputed. `pyth
 robust_ensembles.store verify` checks everything, like `git fsck`.
 
 Keys from meaning: identities and record specs name the classes that built them by their stable
-names (`robust_ensembles.registry`), not by module path, so moving code changes no key. The scheme
+names (`robust_ensembles.core.registry`), not by module path, so moving code changes no key. The scheme
 is versioned (`IDENTITY_SCHEME`, in every identity and in `<store>/STORE.json`); a store of an older
 scheme is refused with the command that migrates it (`python -m robust_ensembles.store migrate`).
 
 Jobs that meet another's lock on an entry wait for it (`store.lock.timeout_s`), then skip or resume
 the entry; a lock is a flock, so it dies with its job (`locks`).
 
-Every file is written to a temporary file and renamed (`write_atomic`, `save_atomic`), so a kill
+Every file is written to a temporary file and renamed (`core.files`), so a kill
 during a write leaves the previous complete file. The store imports no model code: it returns
-identities, configs, weights and records; `robust_ensembles.members` builds models from them.
+identities, configs, weights and records; `robust_ensembles.models.members` builds models from them.
 
 Which config keys make a model's identity is itself config (`store.identity.include/exclude`), so
 paths, loggers and speed knobs never change a hash. Numbers are canonicalised before hashing
@@ -64,8 +64,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_ensembles import PROJECT_ROOT, registry
-from robust_ensembles.errors import CheckpointError, StoreIntegrityError, StoreSchemeError
+from robust_ensembles import PROJECT_ROOT
+from robust_ensembles.core import registry
+from robust_ensembles.core.errors import CheckpointError, StoreIntegrityError, StoreSchemeError
+from robust_ensembles.core import files
+from robust_ensembles.core.files import write_atomic
 from robust_ensembles.store.locks import EntryLock
 
 log = logging.getLogger(__name__)
@@ -204,27 +207,6 @@ def git_commit() -> str | None:
 
 
 # ----------------------------------------------------------------------------- files
-def _replace_from_tmp(path: Path, write) -> None:
-    """write(tmp) then rename onto path: readers see the old complete file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    _replace_from_tmp(path, lambda tmp: tmp.write_text(text))
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    _replace_from_tmp(path, lambda tmp: torch.save(obj, tmp))
-
-
 def load_weights(path: Path | str) -> dict:
     """torch.load(weights_only=True) with an error that names the file when it is missing or corrupt."""
     path = Path(path)
@@ -372,8 +354,8 @@ class Run:
 
     def finish(self, best: dict, last: dict, metrics: dict) -> None:
         """Write weights and metrics, then the completion marker with every file's digest (last, atomically)."""
-        save_atomic(best, self.path / "model.pt")
-        save_atomic(last, self.path / "model_last.pt")
+        files.save_atomic(best, self.path / "model.pt")
+        files.save_atomic(last, self.path / "model_last.pt")
         write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         self.seal()
 

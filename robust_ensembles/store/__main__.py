@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.cli import EXIT_USER_ERROR
-from robust_ensembles.errors import ConfigError, UserError
+from robust_ensembles.core.cli import EXIT_USER_ERROR
+from robust_ensembles.core.errors import ConfigError, UserError
 
 COMMANDS = ("ls", "verify", "gc", "migrate")
 
@@ -60,8 +60,8 @@ def store_root(overrides: list[str]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robust_ensembles.record_kinds import VERSIONS
     from robust_ensembles.store import admin
+    from robust_ensembles.store.record_kinds import VERSIONS
 
     root = store_root(args.overrides)
     if args.command == "ls":

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from robust_ensembles import registry
-from robust_ensembles.errors import StoreBusyError, StoreIntegrityError, StoreSchemeError
-from robust_ensembles.store import (IDENTITY_SCHEME, describe_identity, MARKER, RECORDS, STORE_FILE, Run, entries, key_of,
-                                    read_record, record_path, scheme_of, sha256_json, write_atomic)
+from robust_ensembles.core import registry
+from robust_ensembles.core.errors import StoreBusyError, StoreIntegrityError, StoreSchemeError
+from robust_ensembles.store import (IDENTITY_SCHEME, MARKER, RECORDS, STORE_FILE, Run, describe_identity, entries,
+                                    key_of, read_record, record_path, scheme_of, sha256_json, write_atomic)
 from robust_ensembles.store.locks import LOCK, EntryLock, describe, holder_of
 
 MIGRATIONS = "MIGRATIONS.json"   # <store>/MIGRATIONS.json: every key a migration renamed, old -> new

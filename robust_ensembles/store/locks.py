@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from robust_ensembles.errors import ConfigError, StoreBusyError
+from robust_ensembles.core.errors import ConfigError, StoreBusyError
 
 log = logging.getLogger(__name__)
 

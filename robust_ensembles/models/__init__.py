@@ -1,0 +1,1 @@
+"""Models: the architectures, ensembles attacked as one model, composites, and models built from store entries."""
