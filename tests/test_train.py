@@ -168,9 +168,9 @@ def test_training_until_validation_stops_rising_is_part_of_the_identity_and_reco
 
 
 def test_a_job_prints_no_other_projects_notices(tiny_cfg, tmp_path, monkeypatch, capfd, caplog):
-    """A first run shows our progress and results: not Lightning's tip about its cloud logger, wandb's warning
-    on the deprecated `anonymous` setting, or torch's FutureWarning on Lightning's own pytree code; real
-    warnings stay (each filter matches one message)."""
+    """A first run shows our progress and results: not Lightning's tip about its cloud logger, wandb's warnings
+    on the deprecated `anonymous` setting and on a log folder not made yet ('git root ... does not exist'), or
+    torch's FutureWarning on Lightning's own pytree code; real warnings stay (each filter matches one message)."""
     import logging
     import warnings
 
@@ -183,10 +183,13 @@ def test_a_job_prints_no_other_projects_notices(tiny_cfg, tmp_path, monkeypatch,
         warnings.warn("a real FutureWarning", FutureWarning)
     out, err = capfd.readouterr()
     text = out + err + caplog.text + "\n".join(str(w.message) for w in caught)
-    for notice in ("💡 Tip:", "anonymous setting has no effect", "isinstance(treespec, LeafSpec)"):
+    for notice in ("💡 Tip:", "anonymous setting has no effect", "does not exist", "isinstance(treespec, LeafSpec)"):
         assert notice not in text, notice
     assert "a real FutureWarning" in text
     # wandb warns about `anonymous` once per process: the logger itself must not hand it over
     from robust_ensembles.core.tracking import WandbLogger
     assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), mode="offline")._wandb_init
     assert WandbLogger(save_dir=str(tmp_path), mode="offline", anonymous=True)._wandb_init["anonymous"] == "allow"
+    # wandb looks for the git repository from its folder, and warns when that folder is not made yet
+    WandbLogger(save_dir=str(tmp_path / "logs_not_made_yet"), mode="offline")
+    assert (tmp_path / "logs_not_made_yet").is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import loggers
@@ -17,12 +18,16 @@ log = logging.getLogger(__name__)
 @stable_name("wandb_logger")
 class WandbLogger(loggers.WandbLogger):
     """Lightning's wandb logger, less the `anonymous` setting it hands wandb on every run (None when unset),
-    which wandb deprecated and answers with 'The anonymous setting has no effect' on every job."""
+    which wandb deprecated and answers with 'The anonymous setting has no effect' on every job; and with its
+    folder made before wandb starts, which looks for the git repository from there and warns 'git root ...
+    does not exist' when the folder is not there yet."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        if self._wandb_init.get("dir"):
+            Path(self._wandb_init["dir"]).mkdir(parents=True, exist_ok=True)
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
