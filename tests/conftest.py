@@ -13,12 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from robust_ensembles import CONFIG_DIR, PROJECT_ROOT
 
-# Small sizes that train in about a second on 2 cores.
-TINY = [
-    "data=synthetic", "model=cnn", "model.width=8", "logger=none",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
-    "attack.steps=2", "eval_attack.steps=2", "module.test_eps=[0.25]",
-]
+# The tiny scale itself (conf/experiment/tiny.yaml): generated data, sizes that train in about a second.
+TINY = ["experiment=tiny"]
 
 
 def compose_train(overrides: list[str], tmp_path: Path | None = None, config_name: str = "train"):
