@@ -48,7 +48,7 @@ bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs 
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
 
 bench-eval-attacks:  ## candidate evaluation attacks vs stored standard AutoAttack records: accuracy gap and cost / PGD-20 (docs/evaluation.md)
-	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/evaluation-bench.md $(ARGS)
+	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/measurements/eval-attacks.md $(ARGS)
 
 bench-store:  ## the store's sha256 check on every model load vs torch.load alone (ResNet18 and the CPU model; docs/store.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=store_digest bench.output=docs/bench-store.md $(ARGS)
@@ -69,7 +69,7 @@ gpu-measurements:  ## every GPU figure of docs/paper-scale.md in one run that st
 device-carry:  ## wheels the GPU machine lacks (it has torch, no package index) and the data archive, into .device-carry/
 	rm -rf .device-carry && mkdir -p .device-carry
 	$(PYTHON) -m pip install -q --no-deps --target .device-carry/site hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 pyautoattack==0.2.0
-	rm -rf .device-carry/site/pyautoattack/examples .device-carry/site/bin   # 43 MB of example weights; the tool's 64 MiB cap
+	rm -rf .device-carry/site/pyautoattack/examples .device-carry/site/bin   # 43 MB of example weights nobody needs: the carried folder stays small
 	cp ../shared/data/cifar10-jpeg-q75.tar.gz .device-carry/
 
 clean-outputs:  ## remove Hydra's per-run log folders (never the store)

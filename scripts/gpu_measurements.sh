@@ -9,8 +9,8 @@
 # next; summary.md gets a line per step and the store's numbers. The bench writes its rows as it measures
 # them. STEPS=bench DEADLINE=200 runs only the bench (a second call, for the compile modes a first one had
 # no time for; BENCH_ARGS="bench.gpu_epoch.processes=[]" skips what the first call measured). Exit status 1
-# when a step failed or had no time left. Results go to $OUT (default logs/gpu; at most 7 files); the store to $WORK/store.
-# On the device machine (torch, no package index, no ../shared): `make device-carry` here, carry .device-carry.
+# when a step failed or had no time left. Results go to $OUT (default logs/gpu); the store to $WORK/store.
+# On a GPU machine with torch but no package index and no data: `make device-carry` first, and copy .device-carry there.
 # SMOKE=1: the same steps at tiny sizes on the CPU (tests/test_gpu_measurements.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robust_ensembles import store
-from robust_ensembles.core import files
+from robust_ensembles.core import atomic_files
 from robust_ensembles.core.errors import CheckpointError, StoreBusyError
 from tests.conftest import compose_train
 
@@ -48,7 +48,7 @@ def test_missing_and_corrupt_weights_name_the_file(tmp_path):
 
 def test_weights_load_with_weights_only(tmp_path):
     path = tmp_path / "ok.pt"
-    files.save_atomic({"w": torch.ones(2)}, path)
+    atomic_files.save_atomic({"w": torch.ones(2)}, path)
     assert torch.equal(store.load_weights(path)["w"], torch.ones(2))
 
 
@@ -74,14 +74,14 @@ WRITER = """
 import sys, torch
 from pathlib import Path
 from robust_ensembles import store
-from robust_ensembles.core import files
+from robust_ensembles.core import atomic_files
 root, kind = Path(sys.argv[1]), sys.argv[2]
 big = list(range(3_000_000))  # slow enough to kill mid-write
 while True:
     if kind == "record":
         store.put_record(root, "curve", {"model": "m"}, 1, {"acc": 0.5, "per_point": big})
     else:  # what AtomicCheckpointIO.save_checkpoint calls (test_checkpoints_are_saved_through_the_store)
-        files.save_atomic({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
+        atomic_files.save_atomic({"state_dict": {"w": torch.zeros(4_000_000)}}, root / "last.ckpt")
 """
 
 
@@ -98,7 +98,7 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
         store.put_record(tmp_path, "curve", {"model": "m"}, 1, {"acc": 0.25})
         target = store.record_path(tmp_path, "curve", {"model": "m"})
     else:
-        files.save_atomic({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
+        atomic_files.save_atomic({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
         target = tmp_path / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), kind], cwd=PROJECT_ROOT)
     deadline = time.time() + 60
@@ -114,11 +114,11 @@ def test_a_kill_during_a_write_leaves_the_previous_complete_file(tmp_path, kind)
 
 
 def test_checkpoints_are_saved_through_the_store(tiny_cfg, monkeypatch):
-    """Training writes last.ckpt and best.ckpt with AtomicCheckpointIO, i.e. through core.files.save_atomic."""
+    """Training writes last.ckpt and best.ckpt with AtomicCheckpointIO, i.e. through core.atomic_files.save_atomic."""
     from robust_ensembles.train import train
 
     saved = []
-    real = files.save_atomic
-    monkeypatch.setattr(files, "save_atomic", lambda obj, path: (saved.append(path.name), real(obj, path))[1])
+    real = atomic_files.save_atomic
+    monkeypatch.setattr(atomic_files, "save_atomic", lambda obj, path: (saved.append(path.name), real(obj, path))[1])
     train(tiny_cfg("alpha=0.1"))
     assert {"last.ckpt", "best.ckpt", "model.pt", "model_last.pt"} <= set(saved)

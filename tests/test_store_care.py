@@ -370,3 +370,23 @@ def test_store_ls_gc_and_errors_on_a_miniature_store(tmp_path):
         assert says in line
     helped = run_module(["robust_ensembles.store", "--help"])
     assert helped.returncode == 0 and all(c in helped.stdout for c in ("ls", "verify", "gc", "migrate", "--apply"))
+
+
+# every `_target_` path the configs named before the package moved into subpackages: stored config.yaml files and
+# scheme-1 identities carry these, and each must still build the same target
+PATHS_BEFORE_THE_ROOMS = {
+    "robust_ensembles.attacks.PGD": "pgd", "robust_ensembles.attacks.APGD": "apgd",
+    "robust_ensembles.attacks.AutoAttack": "autoattack", "robust_ensembles.models.small_cnn": "small_cnn",
+    "robust_ensembles.models.resnet18": "resnet18", "robust_ensembles.composites.CompositeTraining": "composite_training",
+    "robust_ensembles.adversarial_training.AdversarialTraining": "adversarial_training",
+    "robust_ensembles.callbacks.EarlyStoppingAfter": "early_stopping_after",
+    "robust_ensembles.schedules.warmup_cosine_floor": "warmup_cosine_floor",
+    "robust_ensembles.tracking.WandbLogger": "wandb_logger",
+}
+
+
+@pytest.mark.parametrize("old_path, name", sorted(PATHS_BEFORE_THE_ROOMS.items()))
+def test_paths_from_before_the_subpackages_still_build_their_target(old_path, name):
+    assert registry.former_name(old_path) == name
+    new_path = registry.current(old_path)
+    assert new_path != old_path and registry.name_of(new_path) == name

@@ -108,7 +108,7 @@ def test_tables_declare_what_they_need(tmp_path):
     assert eq[0.22] == 4 and eq[0.75] == 1 and eq[1.0] == 1 and eq[0.5] == 4
     jobs, comps = t1.missing()
     assert len(jobs) == 26 and comps == ["paper", "paper_b"]
-    assert len(t1.missing(planning=True)[0]) == 30
+    assert len(t1.missing(with_later=True)[0]) == 30
 
 
 def test_every_table_of_a_scale_evaluates_with_the_same_overrides():

@@ -11,12 +11,9 @@ Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeat
 5. on a CPU: the aggregate training images per second of n one-thread processes started together
    (`make tables JOBS=n`) / one process with `bench.threads` (target >= `bench.cpu_jobs.target`).
 
-`bench.mode=gpu_epoch` instead times one paper-scale epoch (ResNet18, PGD-7 at 0.5) and a clean
-epoch on the GPU fast path (data resident on the device, channels_last, bf16 autocast).
-`bench.mode=eval_attacks` compares candidate evaluation attacks with AutoAttack on stored models
-(accuracy gap and curve cost as a ratio to PGD-20; docs/evaluation.md).
-`bench.mode=alpha_search` counts the models each search strategy of the alpha recommender trains on
-stand-in stores whose robust gap is a known function of alpha (docs/recommend.md).
+Other modes (`bench.mode=...`, one module each in this package, registered in `bench.modes.MODES`): `gpu_epoch`
+(one paper-scale epoch on the GPU fast path), `profile`, `eval_attacks` (candidate evaluation attacks against
+AutoAttack, docs/evaluation.md), `precision`, `alpha_search` (docs/recommend.md), `store_digest`.
 """
 
 from __future__ import annotations

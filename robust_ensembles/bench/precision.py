@@ -13,7 +13,7 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     """Evaluation precision parity (`bench.mode=precision`): one stored model's curve record at eps in each
     of `precisions` (records keyed by precision, so the tables reuse them), on the same points; each
     lower precision against the first (fp32) as a paired difference, the bar being one binomial standard
-    error of the reference accuracy (issues 16 and 17: evaluation stays fp32 unless this holds)."""
+    error of the reference accuracy (evaluation stays fp32 unless this holds)."""
     from robust_ensembles.core.compose import compose_config
     from robust_ensembles.evaluation.outcomes import under_curve
     from robust_ensembles.evaluation.records import evaluate

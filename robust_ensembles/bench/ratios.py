@@ -85,7 +85,7 @@ def bench_cpu_jobs(cfg, device, rep):
     JOBS=n`: Ray jobs with threads=1) against one process with the bench's threads (one job at a time)."""
     j = cfg.bench.cpu_jobs
     setup = EpochSetup.of(j.epoch, cfg.data.num_classes)
-    model_cfg = OmegaConf.merge(cfg.model, j.model)
+    model_cfg = OmegaConf.merge(OmegaConf.to_container(cfg.model, resolve=True), j.model)   # (j.model may add keys)
     speed = lambda n, threads: epoch_speed.concurrent_images_per_s(n, setup, model_cfg, device, epochs=j.epochs,
                                                                     threads=threads, poll_s=j.poll_s)
     threads = torch.get_num_threads()  # bench.threads, set by bench()
@@ -103,7 +103,7 @@ def bench_torchattacks(cfg, model, x, y, attack, rep, run, device):
         import torchattacks
     except ImportError:
         raise ConfigError("bench.torchattacks=true needs torchattacks: pip install --no-deps torchattacks==3.5.1 scipy "
-                          "(see ../shared/DEPENDENCIES.md), or set bench.torchattacks=false.") from None
+                          "(make bench-deps), or set bench.torchattacks=false.") from None
     eps = b.eps
     theirs = torchattacks.PGDL2(model, eps=eps, alpha=attack.step_size_for(eps), steps=attack.steps, random_start=True)
     t = run({"ours": lambda: attack(model, x, y), "torchattacks": lambda: theirs(x, y)})

@@ -13,8 +13,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig
 
-from robust_ensembles.core import tracking
-from robust_ensembles.core import files
+from robust_ensembles.core import atomic_files, tracking
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,7 +21,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     kill during a save leaves the previous complete checkpoint to resume from."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        files.save_atomic(checkpoint, Path(path))
+        atomic_files.save_atomic(checkpoint, Path(path))
 
 
 def threads_of(cfg: DictConfig) -> int:

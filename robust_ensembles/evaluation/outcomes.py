@@ -44,7 +44,7 @@ def covered(curve_outcomes: torch.Tensor, aa: dict) -> torch.Tensor:
 def point_attacks(record: dict) -> list[dict]:
     """Every per-point attack record run on the record's model and points: the table's AutoAttack
     column (`record["autoattack"]`) and any later one the store holds for the same model and points
-    (`record["attacks"]`: AutoAttack, a subset of it, Square, at any radius; `robustness.point_attack_records`),
+    (`record["attacks"]`: AutoAttack, a subset of it, Square, at any radius; `records.point_attack_records`),
     each once."""
     out, seen = [], set()
     for aa in [record.get("autoattack"), *(record.get("attacks") or [])]:

@@ -1,4 +1,4 @@
-"""Recommend alpha for a target eps on the store: the search of `alpha_search` with training as Hydra
+"""Recommend alpha for a target eps on the store: the search of `recommend.search` with training as Hydra
 multiruns (any launcher) and evaluation as store records, then one evaluation of the choice on the
 test set, and its report (Markdown, JSON, PNG under reports/<scale>/, and wandb).
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import store
+from robust_ensembles.core import atomic_files
 from robust_ensembles.core.cli import override_key
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.errors import ConfigError
@@ -37,7 +38,7 @@ OWN_KEYS = ("target_eps", "K", "search", "scale", "table", "autoattack_column", 
 
 
 class StoreBackend:
-    """`alpha_search.Backend` on the store, through a table's run (`TableRun`): its training
+    """`search.Backend` on the store, through a table's run (`TableRun`): its training
     multiruns (the user's overrides that the training config knows; `launcher` overrides) and its row
     evaluations (every user override)."""
 
@@ -194,7 +195,7 @@ def markdown(summary: dict) -> str:
                   f"Ensemble - single on the same {e['n']} test points, 95 % paired intervals "
                   f"({test['robust_diff']['method']}): robust at eps={t:g} {test['robust_text']}; clean {test['clean_text']}. "
                   f"Attacks (the evaluation attack on the scale's radius grid, as in Table 1): {test.get('attacks_text', 'as recorded')}.", ""]
-    lines += ["The search: `robust_ensembles/alpha_search.py` (bracket, safeguarded regula falsi on the slack of the "
+    lines += ["The search: `robust_ensembles/recommend/search.py` (bracket, safeguarded regula falsi on the slack of the "
               "paired non-inferiority test; docs/recommend.md).", ""]
     return "\n".join(lines)
 
@@ -239,8 +240,8 @@ def write_report(cfg: DictConfig, summary: dict) -> dict[str, Path]:
     stem = f"recommend-eps{summary['target_eps']:g}-K{summary['K'] if summary['K'] is not None else 'min'}"
     paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
     out.mkdir(parents=True, exist_ok=True)
-    store.write_atomic(paths["json"], json.dumps(summary, indent=1) + "\n")
-    store.write_atomic(paths["md"], markdown(summary))
+    atomic_files.write_atomic(paths["json"], json.dumps(summary, indent=1) + "\n")
+    atomic_files.write_atomic(paths["md"], markdown(summary))
     plot(summary, paths["png"])
     log_wandb(cfg, summary, paths)
     return paths

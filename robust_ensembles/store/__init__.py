@@ -40,7 +40,7 @@ scheme is refused with the command that migrates it (`python -m robust_ensembles
 Jobs that meet another's lock on an entry wait for it (`store.lock.timeout_s`), then skip or resume
 the entry; a lock is a flock, so it dies with its job (`locks`).
 
-Every file is written to a temporary file and renamed (`core.files`), so a kill
+Every file is written to a temporary file and renamed (`core.atomic_files`), so a kill
 during a write leaves the previous complete file. The store imports no model code: it returns
 identities, configs, weights and records; `robust_ensembles.models.members` builds models from them.
 
@@ -65,10 +65,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robust_ensembles import PROJECT_ROOT
-from robust_ensembles.core import registry
+from robust_ensembles.core import atomic_files, registry
 from robust_ensembles.core.errors import CheckpointError, StoreIntegrityError, StoreSchemeError
-from robust_ensembles.core import files
-from robust_ensembles.core.files import write_atomic
 from robust_ensembles.store.locks import EntryLock
 
 log = logging.getLogger(__name__)
@@ -192,7 +190,7 @@ def mark_current(root: str | Path) -> None:
     root = Path(root).expanduser()
     require_current(root)
     if not (root / STORE_FILE).is_file():
-        write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
+        atomic_files.write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
     _CURRENT_ROOTS.add(root)
 
 
@@ -349,14 +347,14 @@ class Run:
     def begin(self, cfg: DictConfig) -> None:
         mark_current(self.path.parent)
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / "identity.json", json.dumps(self.identity, indent=2, sort_keys=True))
-        write_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_files.write_atomic(self.path / "identity.json", json.dumps(self.identity, indent=2, sort_keys=True))
+        atomic_files.write_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def finish(self, best: dict, last: dict, metrics: dict) -> None:
         """Write weights and metrics, then the completion marker with every file's digest (last, atomically)."""
-        files.save_atomic(best, self.path / "model.pt")
-        files.save_atomic(last, self.path / "model_last.pt")
-        write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        atomic_files.save_atomic(best, self.path / "model.pt")
+        atomic_files.save_atomic(last, self.path / "model_last.pt")
+        atomic_files.write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         self.seal()
 
     def served_files(self) -> list[str]:
@@ -371,7 +369,7 @@ class Run:
                  for n in self.served_files()}
         marker = {"key": self.key, "identity_scheme": IDENTITY_SCHEME, "files": files,
                   "completed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
-        write_atomic(self.path / MARKER, json.dumps(marker, indent=2, sort_keys=True))
+        atomic_files.write_atomic(self.path / MARKER, json.dumps(marker, indent=2, sort_keys=True))
         return marker
 
     def weights(self, which: str = "model.pt") -> dict:
@@ -485,7 +483,7 @@ def put_record(root: str | Path, kind: str, spec: Mapping, version: int, payload
     key = key_of(spec)
     record = json.loads(json.dumps({**payload, "kind": kind, "version": version, "key": key, "spec": canonical_json(spec)}))
     record[DIGEST] = sha256_json(record)
-    write_atomic(record_path(root, kind, spec, key), json.dumps(record, indent=2, sort_keys=True))
+    atomic_files.write_atomic(record_path(root, kind, spec, key), json.dumps(record, indent=2, sort_keys=True))
     return record
 
 

@@ -20,7 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from robust_ensembles import CONFIG_DIR
 from robust_ensembles.core.cli import EXIT_USER_ERROR
 from robust_ensembles.core.errors import ConfigError, UserError
 
@@ -45,14 +44,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def store_root(overrides: list[str]) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from robust_ensembles.core.compose import compose_config
 
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("train", overrides=overrides)
-    except HydraException as e:
-        raise ConfigError(f"overrides {overrides}: {' '.join(str(e).split())}") from None
+    cfg = compose_config("train", overrides)
     root = Path(cfg.store.root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"paths.store_dir={root} is not a folder; name the store with paths.store_dir=... or RE_STORE.")

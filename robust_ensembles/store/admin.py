@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from robust_ensembles.core import registry
+from robust_ensembles.core import atomic_files, registry
 from robust_ensembles.core.errors import StoreBusyError, StoreIntegrityError, StoreSchemeError
 from robust_ensembles.store import (IDENTITY_SCHEME, MARKER, RECORDS, STORE_FILE, Run, describe_identity, entries,
-                                    key_of, read_record, record_path, scheme_of, sha256_json, write_atomic)
+                                    key_of, read_record, record_path, scheme_of, sha256_json)
 from robust_ensembles.store.locks import LOCK, EntryLock, describe, holder_of
 
 MIGRATIONS = "MIGRATIONS.json"   # <store>/MIGRATIONS.json: every key a migration renamed, old -> new
@@ -331,7 +331,7 @@ def migrate(root: Path, apply: bool) -> Migration:
             keys[path.name] = new
             plan.append((path, new_ident, new))
     if apply and plan:
-        write_atomic(done_file, json.dumps(keys, indent=2, sort_keys=True))
+        atomic_files.write_atomic(done_file, json.dumps(keys, indent=2, sort_keys=True))
     # 2. move the entries
     for path, new_ident, new in plan:
         bucket = out.composites if "backbones" in new_ident else out.models
@@ -353,7 +353,7 @@ def migrate(root: Path, apply: bool) -> Migration:
             continue
         if path != target:
             os.rename(path, target)
-        write_atomic(target / "identity.json", json.dumps(new_ident, indent=2, sort_keys=True))
+        atomic_files.write_atomic(target / "identity.json", json.dumps(new_ident, indent=2, sort_keys=True))
         if (target / MARKER).is_file():
             _reseal(Run(target, new_ident))
             out.sealed += 1
@@ -380,7 +380,7 @@ def migrate(root: Path, apply: bool) -> Migration:
                                f"is left as it is (gc removes it)")
             del out.records[f"{path.parent.name}/{path.stem}"]
             continue
-        write_atomic(dest, json.dumps(body, indent=2, sort_keys=True))
+        atomic_files.write_atomic(dest, json.dumps(body, indent=2, sort_keys=True))
         png = path.with_suffix(".png")
         if png.is_file() and dest != path:
             os.replace(png, dest.with_suffix(".png"))
@@ -397,7 +397,7 @@ def migrate(root: Path, apply: bool) -> Migration:
             if unsealed and (ident := _identity(path)) is not None and ident.get("scheme") == IDENTITY_SCHEME:
                 _reseal(Run(path, ident))
                 out.sealed += 1
-        write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
+        atomic_files.write_atomic(root / STORE_FILE, json.dumps({"identity_scheme": IDENTITY_SCHEME}) + "\n")
     return out
 
 

@@ -26,7 +26,6 @@ from robust_ensembles.tables.table_run import TableRun
 EVALUATE_IN = ("process", "jobs")  # every row evaluated in this process | missing records computed as Hydra jobs first
 
 
-
 def train_union(runs: list[TableRun]) -> list[str]:
     """Train what any of the tables lacks, each model once (one Hydra multirun per seed list and
     training setup: tables that share a setup share their models)."""
@@ -60,7 +59,7 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
     if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
-        missing = [t.missing(planning=True) for t in runs]
+        missing = [t.missing(with_later=True) for t in runs]
         plans = [evaluation_plan(t) for t in runs]  # each computed once: the union below reuses them
         for t, m, plan in zip(runs, missing, plans):
             print(f"{t.table} ({scale}): {estimate_table(t, **spread, missing=m, plan=plan)}")

@@ -34,7 +34,6 @@ SPLITS = ("val", "test")  # the order evaluation jobs run in: a choice on valida
 GPU = "gpu"  # reference_costs' device for figures measured on (or scaled to) one GPU per job
 
 
-
 class Planner:
     """The evaluator of an estimate: each row's stored records, or stand-ins where the store has none,
     and in `plan` what every row needs and which records are missing. Stand-ins never reach the store
@@ -84,7 +83,7 @@ class Planner:
 
 
 @contextlib.contextmanager
-def planning(t: TableRun):
+def planner_for(t: TableRun):
     """Within: t's rows are planned, not evaluated (`Planner`); yields the planner."""
     saved, t.evaluator = t.evaluator, Planner()
     try:
@@ -96,7 +95,7 @@ def planning(t: TableRun):
 def evaluation_plan(t: TableRun) -> list[dict]:
     """The records this table's rows need and which are missing: the table module's own fill, run with
     the planner, so nothing is evaluated."""
-    with planning(t) as planner:
+    with planner_for(t) as planner:
         t.module.fill(t)
         return planner.plan
 
@@ -107,7 +106,7 @@ def estimate_table(t: TableRun, train_jobs: int = 1, evaluate_jobs: int = 1, mis
     of the same setup measured on this store's machines (`fit_seconds`, record wall times), with
     `train_jobs` training and `evaluate_jobs` evaluation jobs run at a time. `missing` and `plan`:
     this table's `missing()` and `evaluation_plan()` where the caller has them already."""
-    jobs, comps = t.missing(planning=True) if missing is None else missing
+    jobs, comps = t.missing(with_later=True) if missing is None else missing
     train, t_s = estimate_training(t, jobs, comps, slots=train_jobs)
     evaluation, e_s = estimate_evaluation(t, plan, slots=evaluate_jobs)
     return f"{train}; {evaluation}{total_text(t_s, e_s, train_jobs, evaluate_jobs, total_unit(train, t_s, evaluation, e_s))}"

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from robust_ensembles import store
+from robust_ensembles.core import atomic_files
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation.records import evaluate
-from robust_ensembles.tables.estimate import SPLITS, evaluation_job_list, evaluation_plan
+from robust_ensembles.tables import estimate
+from robust_ensembles.tables.estimate import SPLITS, evaluation_job_list
 from robust_ensembles.tables.launch import multirun
 from robust_ensembles.tables.table_run import ROW_CONFIG
 
@@ -24,13 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def missing_rows(runs: list[TableRun], split: str,
-                 plan_of: Callable[[TableRun], list[dict]] = evaluation_plan) -> list[list[str]]:
+                 plan_of: Callable[[TableRun], list[dict]] | None = None) -> list[list[str]]:
     """The override lists of the evaluation jobs these tables lack on `split`, in launch order."""
+    plan_of = plan_of or estimate.evaluation_plan
     return [j["overrides"] for j in evaluation_job_list([p for t in runs for p in plan_of(t)], split)]
 
 
 def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10, before_test=None,
-                    plan_of: Callable[[TableRun], list[dict]] = evaluation_plan) -> int:
+                    plan_of: Callable[[TableRun], list[dict]] | None = None) -> int:
     """Compute the records these tables lack as Hydra jobs (`python -m robust_ensembles.tables.evaluate_row -m`,
     one job per curve with its AutoAttack record, through the tables' launcher), before they are filled
     from the store. Validation records first, in rounds until none is missing (a choice such as Table
@@ -51,7 +54,7 @@ def evaluation_jobs(runs: list[TableRun], launch=None, max_rounds: int = 10, bef
                 break
             root = Path(runs[0].evaluate_cfg.store.root).expanduser().resolve()
             rows_file = root / "jobs" / f"evaluate-{store.key_of({'rows': listed})}.json"
-            store.write_atomic(rows_file, json.dumps(listed, indent=1) + "\n")
+            atomic_files.write_atomic(rows_file, json.dumps(listed, indent=1) + "\n")
             log.info("evaluation jobs (%s split): %d -> %s", split, len(listed), rows_file)
             launch(rows_file, len(listed), runs[0])
             launched += len(listed)

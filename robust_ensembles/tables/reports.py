@@ -249,11 +249,11 @@ def write_claims_md(out: Path, scale: str) -> Path:
     lines = [f"# The paper's claims at scale {scale}: verdicts written by the code", "",
              "Each verdict compares two models on the same test points (paired), each point's outcome the worst "
              "case over every attack run on it; `holds`, `fails` or `inconclusive at this n` as defined in "
-             "`robust_ensembles/claims.py`. Regenerated whenever a table is written. A test-point interval covers "
+             "`robust_ensembles/tables/claims.py`. Regenerated whenever a table is written. A test-point interval covers "
              "the choice of test points for the models that were trained, not their training: the same recipe "
              "retrained (other seeds, threads or machine) moves the differences as well.", "",
              "Where a row has several seed replicates (single models of several seeds, ensembles of disjoint seed "
-             "blocks), an interval 'over seeds and points' covers retraining too (`robust_ensembles/replicates.py`, "
+             "blocks), an interval 'over seeds and points' covers retraining too (`robust_ensembles/stats/replicates.py`, "
              "docs/statistics.md); the test-point interval is given beside it. A side with one replicate leaves the "
              "seed variance unknown, and the verdict says that its interval covers the test points only. "
              "Equivalence verdicts (saturation, the 2*alpha band) read the two one-sided tests' 90 % interval. A claim "

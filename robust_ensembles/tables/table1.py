@@ -6,7 +6,7 @@ from __future__ import annotations
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation.curves import curve_of
 from robust_ensembles.tables.claims import Verdict, composites_vs_single, ensemble_beats_members, ensemble_vs_single
-from robust_ensembles.tables.estimate import planning
+from robust_ensembles.tables.estimate import planner_for
 from robust_ensembles.tables.reports import Filled, autoattack_of, row_cells, seeds_of
 from robust_ensembles.tables.seed_blocks import CLEAN, evaluate_blocks, mean_curve, member_records, seed_blocks
 from robust_ensembles.tables.table_run import Needs, TableRun
@@ -42,7 +42,7 @@ def needs(t: TableRun) -> Needs:
 def decided_alpha(t: TableRun) -> float | None:
     """The alpha `choose_alpha` picks from the validation records the store holds, None while one it
     reads is missing (nothing is evaluated: the choice runs in estimate mode)."""
-    with planning(t) as planner:
+    with planner_for(t) as planner:
         alpha, _ = choose_alpha(t)
         return None if any(p["curve_missing"] for p in planner.plan) else alpha
 

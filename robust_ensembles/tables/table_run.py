@@ -29,8 +29,6 @@ ROW_CONFIG = "tables"  # conf/tables.yaml: the evaluate config with the tables' 
 AUTOATTACK_MODES = ("run", "stored", "off")  # compute missing AutoAttack records | use stored ones only | no column
 
 
-
-
 class Evaluator(Protocol):
     """What `TableRun.evaluate_row` hands a row's composed config to; returns the row's records."""
     planning: bool
@@ -58,7 +56,6 @@ def training_overrides(base: list[str], overrides: list[str]) -> list[str]:
     return known
 
 
-
 @dataclass
 class Needs:
     """What a table needs trained: seeds per alpha (the first n seeds), and composite options; `later`:
@@ -83,8 +80,7 @@ class TableRun:
     estimate's planner)."""
 
     def __init__(self, table: str, scale: str, overrides: list[str], autoattack: str = "run",
-                 sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None,
-                 evaluator: Evaluator | None = None):
+                 sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None):
         sweeps_dir = Path(sweeps_dir)
         path = sweeps_dir / f"{table}.yaml"
         if not path.is_file():
@@ -103,7 +99,7 @@ class TableRun:
         self.launcher = list(launcher or [])
         self.user_overrides = list(overrides)
         self.trained: list[str] = []
-        self.evaluator: Evaluator = evaluator or StoreEvaluator()
+        self.evaluator: Evaluator = StoreEvaluator()  # estimate.planner_for(t) puts the planner here
 
     @property
     def planning(self) -> bool:
@@ -162,11 +158,11 @@ class TableRun:
         return [(a, seed) for a, k in sorted(seeds.items()) for seed in range(k)
                 if not training_run(with_radius(train_cfg, a, seed)).complete]
 
-    def missing(self, planning: bool = False) -> tuple[list[tuple[float, int]], list[str]]:
-        """The (alpha, seed) jobs and composites the store lacks; `planning` (ESTIMATE): with the seeds that
+    def missing(self, with_later: bool = False) -> tuple[list[tuple[float, int]], list[str]]:
+        """The (alpha, seed) jobs and composites the store lacks; `with_later` (ESTIMATE): with the seeds that
         choices not yet made will need (`Needs.later`)."""
         needs = self.needs()
-        if planning:
+        if with_later:
             for alpha, n in needs.later.items():
                 needs.add_seeds(alpha, n)
         jobs = self.untrained(needs.seeds)
