@@ -111,15 +111,20 @@ def test_tables_declare_what_they_need(tmp_path):
     assert len(t1.missing(with_later=True)[0]) == 30
 
 
-def test_every_table_of_a_scale_evaluates_with_the_same_overrides():
-    """A model shown in several tables is evaluated once only if every table composes its rows alike."""
+def test_a_scale_is_stated_once_in_its_preset():
+    """A model shown in several tables is evaluated once only if every table composes its rows alike: how a
+    scale evaluates table rows (overrides, AutoAttack points) is stated in its preset alone, never in a sweep."""
     from omegaconf import OmegaConf
 
-    specs = [OmegaConf.load(p) for p in sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))]
+    specs = {p.stem: OmegaConf.load(p) for p in sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))}
     for scale in ("cpu", "paper", "tiny"):
-        overrides = {tuple(s.scales[scale].get("evaluate_overrides", [])) for s in specs}
-        experiments = {s.scales[scale].experiment for s in specs}
-        assert len(overrides) == 1 and len(experiments) == 1, (scale, overrides, experiments)
+        preset = compose_config("train", [f"experiment={scale}"]).table_evaluation
+        for name, spec in specs.items():
+            assert not {"experiment", "evaluate_overrides", "autoattack_n"} & set(spec.scales[scale]), (name, scale)
+            t = TableRun(name, scale, [])
+            assert t.autoattack_n == preset.autoattack_n and t.evaluate_overrides == list(preset.overrides)
+            assert t.row_base[:len(preset.overrides) + 3] == [f"experiment={scale}", f"table={name}", f"scale={scale}",
+                                                               *preset.overrides]
 
 
 def in_process(monkeypatch) -> list:

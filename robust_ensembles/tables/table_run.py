@@ -92,9 +92,16 @@ class TableRun:
         if autoattack not in AUTOATTACK_MODES:
             raise ConfigError(f"autoattack_column={autoattack} is unknown; use one of {list(AUTOATTACK_MODES)}.")
         self.table, self.scale, self.s, self.autoattack = table, scale, self.spec.scales[scale], autoattack
-        scale_base = [f"experiment={self.s.experiment}", *self.s.get("overrides", [])]
+        scale_base = [f"experiment={self.s.get('experiment', scale)}", *self.s.get("overrides", [])]
+        # how every table evaluates its rows at this scale: stated once, in the preset (`table_evaluation`)
+        stated = compose_config("train", scale_base).get("table_evaluation") or {}
+        self.evaluate_overrides = list(self.s.get("evaluate_overrides", stated.get("overrides", [])))
+        self.autoattack_n = self.s.get("autoattack_n", stated.get("autoattack_n"))
+        if self.autoattack_n is None:
+            raise ConfigError(f"scale={scale}: the preset {scale_base[0]} states no table_evaluation.autoattack_n (the "
+                              f"test points of the AutoAttack column); add it there, or autoattack_n to {path}.")
         self.base = [*scale_base, *training_overrides(scale_base, overrides)]  # every train and finetune job
-        self.row_base = [*scale_base, f"table={table}", f"scale={scale}", *self.s.get("evaluate_overrides", []),
+        self.row_base = [*scale_base, f"table={table}", f"scale={scale}", *self.evaluate_overrides,
                          *overrides]  # every row's evaluation: the user's overrides last
         self.launcher = list(launcher or [])
         self.user_overrides = list(overrides)
@@ -197,7 +204,7 @@ class TableRun:
 
     def evaluate_row(self, overrides: list[str], autoattack: bool = True) -> dict:
         """One evaluation (reused from the store when it exists), with the table's AutoAttack column."""
-        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.s.autoattack_n}",
+        aa = ([f"evaluation.autoattack.eps={self.spec.target_eps}", f"evaluation.autoattack.n={self.autoattack_n}",
                f"evaluation.autoattack.compute={self.autoattack == 'run'}"]
               if autoattack and self.autoattack != "off" else ["evaluation.autoattack.eps=null"])
         full = [*self.row_base, *aa, *overrides]
