@@ -596,3 +596,14 @@ def test_a_chosen_alpha_without_candidates_is_one_error_before_anything_trains(t
     monkeypatch.setattr(t.s, "alpha_candidates", None)
     with pytest.raises(ConfigError, match="a row has alpha: chosen but the scale lists no alpha_candidates"):
         t.needs()
+
+
+def test_the_choice_note_says_which_rule_chose_alpha():
+    """The footer names the rule that applied: the smallest matching candidate, or the largest when none matched."""
+    from types import SimpleNamespace as NS
+
+    from robust_ensembles.tables.table1 import choice_note
+    t = NS(s=NS(K=4, alpha_candidates=[0.3, 0.22, 0.25]), spec=NS(target_eps=0.5))
+    assert "the smallest whose 4-ensemble is at least as accurate" in choice_note(t, 0.22)
+    none = choice_note(t, 0.3, matched=False)
+    assert "the largest, as none of their 4-ensembles was as accurate" in none and "the smallest" not in none

@@ -70,13 +70,19 @@ def choose_alpha(t: TableRun) -> tuple[float, list[str]]:
                      f"single alpha={target} {100 * ref:.2f}% at eps={target}")
         if acc >= ref:
             return alpha, notes
-    notes.append("no candidate alpha matched the single model on validation; the largest candidate is used")
+    notes.append(NONE_MATCHED)
     return max(t.s.alpha_candidates), notes
 
 
-def choice_note(t: TableRun, alpha: float) -> str:
-    return (f"alpha={alpha:g} chosen on the validation split among {sorted(t.s.alpha_candidates)}: the smallest whose "
-            f"{t.s.K}-ensemble is at least as accurate at eps={t.spec.target_eps:g} as the single model trained there. "
+NONE_MATCHED = "no candidate alpha matched the single model on validation; the largest candidate is used"
+
+
+def choice_note(t: TableRun, alpha: float, matched: bool = True) -> str:
+    rule = (f"the smallest whose {t.s.K}-ensemble is at least as accurate at eps={t.spec.target_eps:g} as the single "
+            f"model trained there" if matched else
+            f"the largest, as none of their {t.s.K}-ensembles was as accurate at eps={t.spec.target_eps:g} as the single "
+            f"model trained there")
+    return (f"alpha={alpha:g} chosen on the validation split among {sorted(t.s.alpha_candidates)}: {rule}. "
             f"That split (held-out training images) also picked every member's kept epoch; the test set below "
             f"played no part in either choice")
 
@@ -95,7 +101,7 @@ def fill(t: TableRun) -> Filled:
     check_choice(t)
     alpha, notes = choose_alpha(t) if t.s.get("alpha_candidates") else (None, [])
     if alpha is not None:
-        notes.insert(0, choice_note(t, alpha))
+        notes.insert(0, choice_note(t, alpha, matched=NONE_MATCHED not in notes))
     rows, curves, records, roles = [], {}, [], {}
     for row in t.s.rows:
         a = alpha if row.get("alpha") == CHOSEN else row.get("alpha")
