@@ -410,8 +410,9 @@ def ensemble_beats_members(ensembles: list[dict], members: list[list[dict]], lev
     v, text = above(d, 0.0)
     seeds = [[m.get("members", [{}])[0].get("seed") for m in block] for block in members]
     mean = "weighted mean" if w is not None else "mean"
+    shown = "" if w is None else f", weights [{', '.join(f'{float(x):.6g}' for x in weights)}]"  # not float32's digits
     detail = (f"Clean, {label} {100 * first.mean():.2f}% - the {mean} of its members {100 * second.mean():.2f}%: "
-              f"{text}. Seed blocks {seeds}" + (f", weights {[float(x) for x in weights]}" if w is not None else "")
+              f"{text}. Seed blocks {seeds}" + shown
               + f"; {100 * level:g}% intervals.")
     return Verdict(f"(4) {label} is more accurate on clean data than its members on average", v, detail,
                    {"clean": d.to_dict(), "blocks": seeds, "ensemble": float(first.mean()),
