@@ -258,11 +258,7 @@ def plot_curves(rows: dict[str, Curve], path: Path, title: str,
                 points: dict[str, list[tuple[float, float, float]]] | None = None) -> None:
     """Accuracy vs epsilon, one line per model, error bars = binomial standard errors; `points`
     adds reference markers (label -> [(eps, accuracy, standard error)]) without a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     for label, c in rows.items():
         ax.errorbar(c.eps, c.cumulative, yerr=c.stderr, marker="o", ms=3, capsize=2, label=label)
     for label, pts in (points or {}).items():
@@ -274,7 +270,23 @@ def plot_curves(rows: dict[str, Curve], path: Path, title: str,
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def new_figure(figsize: tuple[float, float]):
+    """(figure, axes) drawn off-screen (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Lay out, write to `path` (its folder made) and close the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -26,6 +26,7 @@ from robust_ensembles.core.cli import override_key
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation import outcomes
+from robust_ensembles.evaluation.curves import new_figure, save_figure
 from robust_ensembles.recommend.search import VAL, AlphaSearch, Backend, Result, Settings, accuracies
 from robust_ensembles.stats.paired import paired_difference
 from robust_ensembles.store.identity import members_query, training_run, with_radius
@@ -203,12 +204,8 @@ def markdown(summary: dict) -> str:
 def plot(summary: dict, path: Path) -> None:
     """Natural vs robust accuracy at eps_t for every alpha tried (validation), the single model beside them,
     and the test pair after the choice."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = summary["target_eps"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = new_figure((6, 4.5))
     for r in summary["results"]:
         xs = [tr["robust"] for tr in r["trials"]]
         ys = [tr["natural"] for tr in r["trials"]]
@@ -229,10 +226,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_title(f"alpha tried for eps_t={t:g} (scale {summary['scale']}); labels: alpha, * = chosen", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(cfg: DictConfig, summary: dict) -> dict[str, Path]:
