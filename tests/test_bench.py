@@ -131,22 +131,25 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
     e.scale = "tiny"  # Table 1's tiny rows: experiment=tiny, its radius grid and a cheap custom AutoAttack
     e.overrides = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "logger=none"]
     e.rows = [["alpha=0.25", "K=1"]]
-    e.baseline = ["evaluation.attack.target_classes=0"]  # (the tiny rows set APGD-only keys: no PGD baseline here)
-    e.reference = []  # the tiny rows' evaluation attack, scanning the grid
+    e.autoattack_n = None  # AutoAttack's points: all 16
+    e.baseline = ["evaluation.attack.target_classes=0", "evaluation.search=scan"]  # (the tiny rows set APGD-only keys: no PGD baseline here)
+    e.reference = ["evaluation.search=scan"]  # the tiny rows' evaluation attack, scanning the grid
     e.candidates = {"apgd2": ["evaluation.attack.steps=2", "evaluation.attack.target_classes=1",
-                              "evaluation.attack.targeted_steps=2"],
+                              "evaluation.attack.targeted_steps=2", "evaluation.search=scan"],
                     "bisect": ["evaluation.search=bisect"],
-                    "warm": ["evaluation.search=probe_bisect", "evaluation.warm_start=true"]}
+                    "warm": ["evaluation.search=probe_bisect", "evaluation.warm_start=true"],
+                    "guided": []}  # the tables' default search
     # a hand-made AutoAttack record: it flips the first 4 points and no other
     from robust_ensembles.evaluation import records
     monkeypatch.setattr(records, "autoattack_record", lambda *a, **k: {
         "autoattack_correct": [0] * 4 + [1] * 12, "autoattack_acc": 12 / 16})
     rep = bench(cfg)
-    assert [r[0] for r in rep.rows] == [f"{c}: time / baseline over rows" for c in ("apgd2", "bisect", "warm")]
+    assert [r[0] for r in rep.rows] == [f"{c}: time / baseline over rows" for c in ("apgd2", "bisect", "warm", "guided")]
     assert all(math.isfinite(r[1]) and r[1] > 0 for r in rep.rows)
     table = [line for line in rep.notes[0].splitlines() if line.startswith("| alpha=0.25")]
-    assert len(table) == 5  # the baseline, the reference and the candidates, on the same 16 points
-    assert [line.split("|")[3].strip() for line in table] == ["scan", "scan", "scan", "bisect", "probe_bisect warm"]
+    assert len(table) == 6  # the baseline, the reference and the candidates, on the same 16 points
+    assert [line.split("|")[3].strip() for line in table] == ["scan", "scan", "scan", "bisect", "probe_bisect warm",
+                                                              "guided x1"]
     for line in table[2:]:  # each candidate against the reference at every radius, point by point
         ref_gap, differ = line.split("|")[9].strip(), int(line.split("|")[10])
         assert " at " in ref_gap and 0 <= float(ref_gap.split()[0]) <= 100 and 0 <= differ <= 16

@@ -12,7 +12,7 @@ from torch import nn
 
 from robust_ensembles.attacks.autoattack import APGD
 from robust_ensembles.core.errors import ConfigError
-from robust_ensembles.evaluation.curves import attack_grid, curve_from_min_flip
+from robust_ensembles.evaluation.curves import attack_grid, boundary_distance, curve_from_min_flip
 
 GRID = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]  # the linear model's flip radii lie around 0.02-0.7
 
@@ -78,7 +78,10 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
     bisect = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect").min_flip
     probed = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="probe_bisect").min_flip
     assert torch.equal(scan, expected) and torch.equal(bisect, expected) and torch.equal(probed, expected)
-    for search in ("scan", "bisect", "probe_bisect"):  # warm starts change where an attack starts, not the search
+    for scale in (0.3, 1.0, 3.0):  # a guess too small, right, too large: the guided search still finds every radius
+        guided = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="guided", guess_scale=scale)
+        assert torch.equal(guided.min_flip, expected)
+    for search in ("scan", "bisect", "probe_bisect", "guided"):  # warm starts change where an attack starts, not the search
         attack = ExactLinearAttack()
         warm = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=True).min_flip
         assert torch.equal(warm, expected) and all(attack.warm)  # every attack through the warm path
@@ -103,6 +106,42 @@ def test_bisection_costs_about_log2_of_the_grid_attacks_per_point():
     assert robust > 0 and sum(scan.calls) >= robust * (len(GRID) - 1)  # a robust point costs a scan every radius
 
 
+def test_the_first_order_boundary_distance_is_exact_on_a_linear_model():
+    """margin / ||gradient of the margin|| against the most likely wrong class j is (f_y - f_j) / ||w_y - w_j||:
+    the distance to that class's boundary; the closed form's nearest boundary is at most that far."""
+    model = Linear()
+    x, y = _points(model)
+    r, _ = closed_form_radius(model, x, y)
+    with torch.no_grad():
+        f = model(x)
+        wrong = f.clone()
+        wrong[torch.arange(len(y)), y] = -math.inf
+        j = wrong.argmax(1)
+        to_j = (f.gather(1, y[:, None]).squeeze(1) - f.gather(1, j[:, None]).squeeze(1)) / (model.w[y] - model.w[j]).norm(dim=1)
+    d = boundary_distance(model, x, y, "l2")
+    assert torch.allclose(d, to_j, rtol=1e-4, atol=1e-6) and (d >= r - 1e-5).all()
+    y_wrong = (y + 1) % 4
+    assert torch.equal(boundary_distance(model, x[:5], y_wrong[:5], "l2")[(model(x[:5]).argmax(1) != y_wrong[:5])],
+                       torch.zeros(int((model(x[:5]).argmax(1) != y_wrong[:5]).sum())))  # misclassified: 0
+
+
+def test_a_guided_search_costs_about_two_attacks_per_point_when_the_guess_is_right():
+    """Started at the grid radius at or above the estimate, a point whose estimate is its distance pays one
+    attack there and one below (one in all where that is the grid's first radius or its last one stands)."""
+    model = Linear()
+    x, y = _points(model)
+    bisect, guided = ExactLinearAttack(), ExactLinearAttack()
+    attack_grid(model, bisect, x, y, GRID, per_eps=False, search="bisect")
+    attack_grid(model, guided, x, y, GRID, per_eps=False, search="guided")
+    r, _ = closed_form_radius(model, x, y)
+    exact = torch.isclose(boundary_distance(model, x, y, "l2"), r, rtol=1e-4)
+    assert exact.float().mean() > 0.5  # the case the bound is about occurs
+    assert sum(guided.calls) <= 2 * int(exact.sum()) + 5 * int((~exact).sum())
+    assert sum(guided.calls) < sum(bisect.calls)
+    with pytest.raises(ConfigError, match="evaluation.guess_scale=0 must be a number > 0"):
+        attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="guided", guess_scale=0)
+
+
 def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_closed_form_radius():
     model = Linear()
     x, y = _points(model, n=120)
@@ -110,7 +149,8 @@ def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_
     attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
     ce_t = APGD(eps=0.0, norm="l2", steps=5, restarts=1, target_classes=2, targeted_steps=5, rho=0.75, seed=0)
     for a, search, warm in ((attack, "scan", False), (attack, "bisect", False), (attack, "probe_bisect", False),
-                            (attack, "scan", True), (attack, "bisect", True), (ce_t, "bisect", True)):
+                            (attack, "scan", True), (attack, "bisect", True), (ce_t, "bisect", True),
+                            (ce_t, "guided", False), (ce_t, "guided", True)):
         g = attack_grid(model, a, x, y, GRID, per_eps=False, search=search, warm_start=warm)
         assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
         found = g.min_flip < math.inf
@@ -143,6 +183,9 @@ def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
     bisect = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=bisect"], tmp_path,
                                            "evaluate"))
     assert "search" not in scan and bisect == {**scan, "search": "bisect"}
+    guided = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=guided"], tmp_path,
+                                           "evaluate"))
+    assert guided == {**scan, "search": "guided", "guess_scale": 1.0}  # only the guided search keys its guess
 
 
 def test_a_warm_start_needs_an_attack_that_takes_one():

@@ -557,7 +557,7 @@ def test_paper_scale_estimate_on_an_empty_store_prints_gpu_hours_from_the_preset
     assert [line.split(" (")[0] for line in lines] == ["table1", "table2_equivalence", "table2_size", "all"]
     for line in lines:
         train_h = float(re.search(r"about ([\d.]+) GPU-h of training", line).group(1))
-        eval_h = float(re.search(r"about ([\d.]+) GPU-h at the wall time", line).group(1))
+        eval_h = float(re.search(r"about ([\d.]+) GPU-h at the", line).group(1))
         total = float(re.search(r"in all about ([\d.]+) GPU-h", line).group(1))
         assert train_h > 0 and eval_h > 0 and total == pytest.approx(train_h + eval_h, abs=0.011)
         assert "reference of an NVIDIA H200, scaled" in line and " h " not in line

@@ -21,7 +21,8 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     `scale`), on the same first n test points: each contender's curve over that scale's radius grid
     (only points still standing are attacked at
     the next radius, as in the tables), timed side by side in one run; its accuracy at eps against the
-    row's standard AutoAttack record (from the store, or computed first with compute_autoattack=true);
+    row's AutoAttack record on its first autoattack_n points (the table's AutoAttack column, or standard
+    AutoAttack through `overrides`; from the store, or computed first with compute_autoattack=true);
     and its wall time as a ratio to the baseline's (L2 PGD-20, the former evaluation attack)."""
     from robust_ensembles.core.compose import compose_config
     from robust_ensembles.evaluation.curves import attack_grid, check_grid
@@ -38,16 +39,22 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     ratios: dict[str, list[float]] = {k: [] for k in e.candidates}
     gaps: dict[str, list[float]] = {k: [] for k in contenders}
     row_base = TableRun(e.table, e.scale, list(e.overrides)).row_base  # the rows as that table evaluates them
+    aa_n = e.n if e.autoattack_n is None else e.autoattack_n
+    if not 0 < aa_n <= e.n:
+        raise ConfigError(f"bench.eval_attacks.autoattack_n={aa_n} must be between 1 and bench.eval_attacks.n={e.n} "
+                          f"(AutoAttack's points are the first of the curve's).")
     for row in e.rows:
-        common = [*row_base, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={e.n}",
+        common = [*row_base, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={aa_n}",
                   f"evaluation.autoattack.compute={bool(e.compute_autoattack)}"]
         base_cfg = compose_config(ROW_CONFIG, common)
         model, runs, label = members.build(base_cfg)
         model = model.to(device).eval()
         aa = autoattack_record(base_cfg, model, runs, label) if e.autoattack else None
+        a = base_cfg.checks.autoattack
+        cfg_aa = f"{a.version}" + (f" {list(a.attacks)}" if a.version == "custom" else "")
         if aa is None and e.autoattack:
-            raise ConfigError(f"bench.eval_attacks: no standard AutoAttack record for {label} at eps={e.eps} on "
-                              f"{e.n} points in the store; run its table with AUTOATTACK=run, or set "
+            raise ConfigError(f"bench.eval_attacks: no AutoAttack record ({base_cfg.checks.autoattack.version}) for "
+                              f"{label} at eps={e.eps} on {aa_n} points in the store; run its table with AUTOATTACK=run, or set "
                               f"bench.eval_attacks.compute_autoattack=true.")
         datamodule = instantiate(base_cfg.data, eval_batch_size=base_cfg.evaluation.batch_size,
                                  test_split=base_cfg.evaluation.split, device_resident=False)
@@ -59,11 +66,11 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
         bs = base_cfg.evaluation.batch_size
         for name, attack in attacks.items():  # one after another on the same points, in one run
             torch.manual_seed(cfg.seed)
-            search, warm = evaluations[name].search, evaluations[name].warm_start
+            search, warm, scale = evaluations[name].search, evaluations[name].warm_start, evaluations[name].guess_scale
             t0 = time.perf_counter()
             flips = all_flips[name] = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False,
-                                                             search, warm).min_flip.cpu() for i in range(0, len(y), bs)])
-            search += " warm" if warm else ""
+                                                             search, warm, scale).min_flip.cpu() for i in range(0, len(y), bs)])
+            search += (f" x{scale:g}" if search == "guided" else "") + (" warm" if warm else "")
             seconds[name] = time.perf_counter() - t0
             # against the reference (the current default) at every radius of the grid, point by point
             ref = all_flips.get("reference")
@@ -75,7 +82,7 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
                 vs_ref = f"{100 * max(by_eps):.2f} at {grid[max(range(len(grid)), key=by_eps.__getitem__)]:g} | {differ}"
             else:
                 vs_ref = "- | -"
-            ours = flips > e.eps + 1e-12
+            ours = (flips > e.eps + 1e-12)[:aa_n]  # on AutoAttack's points
             accs[name] = ours.float().mean().item()
             if aa is not None:
                 theirs = torch.tensor(aa["autoattack_correct"], dtype=torch.bool)
@@ -99,8 +106,9 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
                 f"at worst over the grid (bar <= {100 * e.max_reference_gap:g})",
                 max(ratios[name]) <= e.max_ratio and (worst is None or worst <= e.max_gap)
                 and worst_ref <= e.max_reference_gap)
-    rep.note(f"per row and attack, on the first {e.n} test points at eps={e.eps} (AutoAttack: the stored "
-              f"standard record; acc = the attack's curve, every grid radius up to eps):\n\n" + "\n".join(lines))
+    rep.note(f"per row and attack, curves on the first {e.n} test points; at eps={e.eps} on AutoAttack's first {aa_n} "
+             f"(AutoAttack: the stored record, {cfg_aa}; acc = the attack's curve, every grid radius up to eps):\n\n"
+             + "\n".join(lines))
     if gaps["baseline"]:
         rep.note("baseline gap to AutoAttack per row: " + ", ".join(f"{100 * g:+.2f}" for g in gaps["baseline"]))
     return rep

@@ -46,7 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
     when `evaluation.autoattack.eps` is set (None when it is pending)."""
     check(cfg)
     attack = instantiate(cfg.evaluation.attack)
-    check_search(cfg.evaluation.search, cfg.evaluation.per_eps, cfg.evaluation.warm_start, attack)
+    check_search(cfg.evaluation.search, cfg.evaluation.per_eps, cfg.evaluation.warm_start, attack,
+                 cfg.evaluation.guess_scale)
     model, runs, label = members.build(cfg)
     result = curve_record(cfg, model, runs, label, attack)
     if cfg.evaluation.autoattack.eps is not None:
@@ -113,7 +114,9 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
                                # memory format changes the time, not the numbers (records before the option: NCHW)
                                and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False)
                                and spec["evaluation"].get("search", "scan") == ev.get("search", "scan")
-                               and spec["evaluation"].get("warm_start", False) == ev.get("warm_start", False))
+                               and spec["evaluation"].get("warm_start", False) == ev.get("warm_start", False)
+                               and (ev.get("search", "scan") != "guided"
+                                    or spec["evaluation"].get("guess_scale") == ev.get("guess_scale")))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
@@ -138,6 +141,8 @@ def evaluation_spec(cfg: DictConfig) -> dict:
         ev.pop("search", None)
     if not ev.get("warm_start", False):
         ev.pop("warm_start", None)
+    if ev.get("search") != "guided":
+        ev.pop("guess_scale", None)  # only the guided search reads it
     return ev
 
 
@@ -166,7 +171,7 @@ def curve_record(cfg: DictConfig, model: Ensemble, runs: list[store.Run], label:
     trainer, logger = job_setup.setup(cfg, [], enable_checkpointing=False, precision=cfg.evaluation.precision)
     datamodule = instantiate(cfg.data, eval_batch_size=cfg.evaluation.batch_size, test_split=cfg.evaluation.split)
     module = EnsembleEvaluation(in_memory_format(model, cfg), attack, cfg.evaluation.eps_grid, cfg.evaluation.per_eps,
-                                cfg.evaluation.search, cfg.evaluation.warm_start)
+                                cfg.evaluation.search, cfg.evaluation.warm_start, cfg.evaluation.guess_scale)
     with job_setup.tracked():
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

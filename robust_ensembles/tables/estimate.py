@@ -185,9 +185,13 @@ def estimate_evaluation(t: TableRun, plan: list[dict] | None = None, slots: int 
     seconds = sum(records.values())
     in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
     unit = hours_unit(plan[0]["cfg"], all(source for p in plan for cost, source in p["costs"].values() if cost))
-    text += (f"; about {seconds / 3600:.2f} {unit} at the wall time per member and point of stored records "
-             f"computed on this kind of device ({this_device()})"
-             + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
+    from_store = any(cost is not None and not source for p in plan for cost, source in p["costs"].values())
+    if from_store:
+        text += (f"; about {seconds / 3600:.2f} {unit} at the wall time per member and point of stored records "
+                 f"computed the same way on this kind of device ({this_device()})"
+                 + (f"; where none is stored yet: {', '.join(referenced)}" if referenced else ""))
+    else:  # nothing stored to cost from: the preset's reference figures alone
+        text += f"; about {seconds / 3600:.2f} {unit} at the preset's reference cost per member and point: {', '.join(referenced)}"
     # what no job carries (a second AutoAttack record of one curve) is computed afterwards, one at a time
     return text, sum(makespan([job["seconds"] for job in jobs], slots) for jobs in multiruns) + \
         max(0.0, seconds - in_jobs)
