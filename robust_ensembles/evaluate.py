@@ -12,8 +12,18 @@ that exists is reused (evaluation.force=true recomputes it). See `robust_ensembl
 
 from __future__ import annotations
 
+from omegaconf import DictConfig
+
 from robust_ensembles.core import cli
-from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.evaluation import records
+from robust_ensembles.evaluation.request import from_config
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The door: the composed config becomes a Request once (the members resolved from the store, the
+    attack and the grid built), and the records below take only that."""
+    return records.evaluate(from_config(cfg))
+
 
 main = cli.main("evaluate")(evaluate)
 

@@ -162,6 +162,17 @@ def test_eval_attacks_mode_compares_with_autoattack_point_by_point(tmp_path, mon
         assert ours_only <= 12 and aa_only <= 4 and ours - aa_only == 12 - ours_only
 
 
+def test_eval_attacks_mode_refuses_more_autoattack_points_than_curve_points(tmp_path):
+    """AutoAttack's points are the first of the curve's: a record on more points than the curves attack is
+    refused with one line, before any model is loaded."""
+    cfg = compose_bench(tmp_path, "bench.mode=eval_attacks", "bench.eval_attacks.n=16",
+                        "bench.eval_attacks.autoattack_n=32")
+    cfg.bench.eval_attacks.scale = "tiny"
+    cfg.bench.eval_attacks.overrides = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"]
+    with pytest.raises(ConfigError, match="bench.eval_attacks.autoattack_n=32 must be between 1 and bench.eval_attacks.n=16"):
+        bench(cfg)
+
+
 def test_precision_mode_compares_each_precision_with_fp32_on_the_same_points(tmp_path):
     from robust_ensembles import store
     from robust_ensembles.evaluation.records import VERSIONS

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from robust_ensembles.attacks.pgd import PGD
 from robust_ensembles.core.errors import ConfigError
-from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.evaluate import evaluate
 from robust_ensembles.finetune import finetune
 from robust_ensembles.models.architectures import small_cnn
 from robust_ensembles.models.composites import Composite

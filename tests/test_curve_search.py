@@ -176,7 +176,7 @@ def test_bisection_gives_no_per_radius_outcomes_and_an_unknown_search_is_refused
 def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
     """Records made before `evaluation.search` existed scanned the grid: a scan's spec leaves the option
     out, so their keys stand; another search is part of the key."""
-    from robust_ensembles.evaluation.records import evaluation_spec
+    from robust_ensembles.evaluation.request import evaluation_spec
     from tests.conftest import TINY, compose_train
 
     scan = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false"], tmp_path, "evaluate"))

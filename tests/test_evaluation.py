@@ -11,7 +11,8 @@ from robust_ensembles import store
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation import outcomes
 from robust_ensembles.evaluation.curves import Curve, auc, curve_from_min_flip
-from robust_ensembles.evaluation.records import VERSIONS, evaluate
+from robust_ensembles.evaluate import evaluate
+from robust_ensembles.evaluation.records import VERSIONS
 from robust_ensembles.train import train
 from tests.conftest import TINY, compose_train
 
@@ -174,7 +175,8 @@ def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_pat
 def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_path):
     from omegaconf import OmegaConf
 
-    from robust_ensembles.evaluation.records import CURVE, seconds_per_member_point
+    from robust_ensembles.evaluation.records import CURVE
+    from robust_ensembles.tables.estimate import seconds_per_member_point
 
     cfg = compose_train([*TINY, "evaluation.eps_grid=[0,0.5]"], tmp_path, config_name="evaluate")
     spec = {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": False}

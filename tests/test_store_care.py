@@ -22,7 +22,7 @@ from robust_ensembles import PROJECT_ROOT, store
 from robust_ensembles.core import registry
 from robust_ensembles.core.cli import EXIT_USER_ERROR
 from robust_ensembles.core.errors import ConfigError, StoreIntegrityError, StoreSchemeError
-from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.evaluate import evaluate
 from robust_ensembles.models import architectures
 from robust_ensembles.store import admin, identity
 from robust_ensembles.store.record_kinds import VERSIONS

@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from robust_ensembles.bench.harness import Report
 from robust_ensembles.core.errors import ConfigError
-from robust_ensembles.models import members
 
 
 def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
@@ -27,6 +26,7 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     from robust_ensembles.core.compose import compose_config
     from robust_ensembles.evaluation.curves import attack_grid, check_grid
     from robust_ensembles.evaluation.records import autoattack_record, first_points
+    from robust_ensembles.evaluation.request import from_config
     from robust_ensembles.tables.table_run import ROW_CONFIG, TableRun
 
     e = cfg.bench.eval_attacks
@@ -47,9 +47,9 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
         common = [*row_base, *row, f"evaluation.autoattack.eps={e.eps}", f"evaluation.autoattack.n={aa_n}",
                   f"evaluation.autoattack.compute={bool(e.compute_autoattack)}"]
         base_cfg = compose_config(ROW_CONFIG, common)
-        model, runs, label = members.build(base_cfg)
-        model = model.to(device).eval()
-        aa = autoattack_record(base_cfg, model, runs, label) if e.autoattack else None
+        req = from_config(base_cfg)
+        model, label = req.subject.model.to(device).eval(), req.label
+        aa = autoattack_record(req) if e.autoattack else None
         a = base_cfg.checks.autoattack
         cfg_aa = f"{a.version}" + (f" {list(a.attacks)}" if a.version == "custom" else "")
         if aa is None and e.autoattack:

@@ -17,11 +17,13 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     from robust_ensembles.core.compose import compose_config
     from robust_ensembles.evaluation.outcomes import under_curve
     from robust_ensembles.evaluation.records import evaluate
+    from robust_ensembles.evaluation.request import from_config
     from robust_ensembles.stats.paired import paired_difference
 
     p = cfg.bench.precision
-    records = {prec: evaluate(compose_config("evaluate", [*p.overrides, f"evaluation.eps_grid=[0,{p.eps}]",
-                                                          f"evaluation.auc_eps={p.eps}", f"evaluation.precision={prec}"]))
+    records = {prec: evaluate(from_config(compose_config("evaluate", [*p.overrides, f"evaluation.eps_grid=[0,{p.eps}]",
+                                                                      f"evaluation.auc_eps={p.eps}",
+                                                                      f"evaluation.precision={prec}"])))
                for prec in p.precisions}
     ref = p.precisions[0]
     robust = {prec: under_curve(rec, p.eps) for prec, rec in records.items()}   # per point, at eps

@@ -20,9 +20,13 @@ from robust_ensembles import store
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.job_setup import measured_with, threads_of
 from robust_ensembles.evaluation.curves import Curve, check_grid
-from robust_ensembles.evaluation.records import (AUTOATTACK, CURVE, autoattack_spec, seconds_per_member_point, stored,
-                                                 this_device)
-from robust_ensembles.store.identity import training_identity
+from robust_ensembles.core.errors import ConfigError
+from robust_ensembles.evaluation import request
+from robust_ensembles.evaluation.records import (AUTOATTACK, CURVE, VERSIONS, autoattack_settings, autoattack_spec,
+                                                 point_attack_records, stored_record, this_device)
+from robust_ensembles.evaluation.request import evaluation_spec, test_points
+from robust_ensembles.models import members
+from robust_ensembles.store.identity import check, members_query, training_identity
 from robust_ensembles.tables.launch import multirun_groups
 
 if TYPE_CHECKING:
@@ -75,11 +79,66 @@ class Planner:
         if not want_aa:
             return curve
         if aa is None:  # a stand-in with the settings a stored record would have (`outcomes.procedure` pairs them)
-            settings = autoattack_spec(cfg, None, [], instantiate(cfg.checks.autoattack))["autoattack"]
+            settings = autoattack_settings(instantiate(cfg.checks.autoattack))
             aa = {"eps": float(cfg.evaluation.autoattack.eps), "n": aa_n, "K": k, "autoattack_correct": [1] * aa_n,
                   "autoattack": cfg.checks.autoattack.version, "autoattack_acc": 1.0, "device": "planned", "wall_s": 0.0,
                   "spec": {"autoattack": settings}}
         return {**curve, "autoattack": aa}
+
+
+def stored(cfg: DictConfig) -> dict:
+    """What an evaluation of the row config `cfg` would reuse for the configured model: its stored curve and AutoAttack records
+    (None where missing; both None when its members are not all trained), its number of members, and
+    a key per record (the record's own key when the members exist, else one from the config) so that
+    rows of different tables that need the same record count once."""
+    check(cfg)
+    want_aa = cfg.evaluation.autoattack.eps is not None
+    try:
+        built = members.build(cfg)
+    except ConfigError:  # members not trained yet: nothing of it can be stored
+        k = members.count(cfg)
+        planned = {"members": members_query(cfg) if cfg.members.kind == "seeds" else
+                   OmegaConf.to_container(cfg.members, resolve=True), "K": k,
+                   "seeds": None if cfg.seeds is None else [int(s) for s in cfg.seeds],
+                   "composite": OmegaConf.to_container(cfg.composite, resolve=True)
+                   if cfg.members.kind != "seeds" else None, "test": test_points(cfg)}
+        evaluation = evaluation_spec(cfg)
+        aa = OmegaConf.to_container(cfg.evaluation.autoattack, resolve=True)
+        return {"curve": None, "autoattack": None, "K": k,
+                "curve_key": store.key_of({**planned, "evaluation": evaluation}),
+                "autoattack_key": store.key_of({**planned, "eps": aa["eps"], "n": aa["n"]}) if want_aa else None}
+    req = request.from_config(cfg, built)
+    aa_spec = autoattack_spec(req) if want_aa else None
+    return {"curve": stored_record(req, CURVE, req.curve_spec),
+            "autoattack": stored_record(req, AUTOATTACK, aa_spec) if want_aa else None,
+            "attacks": point_attack_records(req), "K": len(req.subject.runs), "curve_key": store.key_of(req.curve_spec),
+            "autoattack_key": store.key_of(aa_spec) if want_aa else None}
+
+
+def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = None) -> float | None:
+    """Median wall seconds per (member x point) of the stored records of `kind` computed like this one
+    would be (same experiment; a curve with the same attack, grid, search, per_eps, precision and memory format
+    and without check=true; AutoAttack of the same version) on the same kind of device (`device`, default
+    this machine's: a GPU's records do not cost a CPU's evaluation), on a CPU with the same torch threads
+    per job (`job_setup.measured_with`), or None when there is none."""
+    device = this_device() if device is None else device
+    threads = threads_of(cfg)
+    ev = store.canonical_json(OmegaConf.to_container(cfg.evaluation, resolve=True))  # targets by stable name, as in specs
+    same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
+                                                              ("attack", "eps_grid", "per_eps", "precision"))
+                               # memory format changes the time, not the numbers (records before the option: NCHW)
+                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False)
+                               and spec["evaluation"].get("search", "scan") == ev.get("search", "scan")
+                               and spec["evaluation"].get("warm_start", False) == ev.get("warm_start", False)
+                               and (ev.get("search", "scan") != "guided"
+                                    or spec["evaluation"].get("guess_scale") == ev.get("guess_scale")))
+    same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
+    same = same_curve if kind == CURVE else same_aa
+    rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
+             if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"]) and r.get("device") == device
+             and measured_with(threads, r)
+             and r.get("experiment", r.get("config", {}).get("name")) == cfg.name]
+    return statistics.median(rates) if rates else None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from robust_ensembles.core import atomic_files
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.evaluation.request import from_config
 from robust_ensembles.tables import estimate
 from robust_ensembles.tables.estimate import SPLITS, evaluation_job_list
 from robust_ensembles.tables.launch import multirun
@@ -77,4 +78,4 @@ def evaluate_listed_row(rows_file: str | Path, row: int) -> dict:
                           f"write it again.") from None
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows):
         raise ConfigError(f"row={row!r} must be an index into the {len(rows)} rows of {path}.")
-    return evaluate(compose_config(ROW_CONFIG, rows[row]))
+    return evaluate(from_config(compose_config(ROW_CONFIG, rows[row])))

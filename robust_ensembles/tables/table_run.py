@@ -22,6 +22,7 @@ from robust_ensembles import PROJECT_ROOT
 from robust_ensembles.core.compose import compose_config
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation.records import evaluate
+from robust_ensembles.evaluation.request import from_config
 from robust_ensembles.store.identity import composite_run, training_run, with_radius
 from robust_ensembles.tables.launch import multirun, multirun_groups
 
@@ -41,7 +42,7 @@ class StoreEvaluator:
     planning = False
 
     def __call__(self, cfg: DictConfig, overrides: list[str]) -> dict:
-        return evaluate(cfg)
+        return evaluate(from_config(cfg))
 
 
 def training_overrides(base: list[str], overrides: list[str]) -> list[str]:
