@@ -47,7 +47,7 @@ recommend:  ## alpha for a target eps and K, searched on validation, reusing the
 bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs common PGD, vs torchattacks, ensemble paths, one-thread jobs at once)
 	$(PYTHON) -m robust_ensembles.bench bench.output=docs/bench-cpu.md $(ARGS)
 
-bench-eval-attacks:  ## candidate evaluation attacks vs stored standard AutoAttack records: accuracy gap and cost / PGD-20 (docs/evaluation.md)
+bench-eval-attacks:  ## candidate evaluation attacks and grid searches vs the stored AutoAttack records and the scan: gaps and cost / PGD-20 (docs/evaluation.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/measurements/eval-attacks.md $(ARGS)
 
 bench-store:  ## the store's sha256 check on every model load vs torch.load alone (ResNet18 and the CPU model; docs/store.md)

@@ -19,7 +19,7 @@ from robust_ensembles.core import cli
 from robust_ensembles.models.composites import Composite
 from robust_ensembles.models.members import load_model
 from robust_ensembles.store.identity import check, composite_config, composite_run
-from robust_ensembles.training.resumable_fit import fit_into_store
+from robust_ensembles.training.resumable_fit import fit_into_store, fit_job
 
 
 def finetune(cfg: DictConfig) -> dict:
@@ -36,7 +36,7 @@ def finetune(cfg: DictConfig) -> dict:
 
     tag = (f"composite robust=({comp.robust.alpha}, seed {comp.robust.seed}) natural=({comp.natural.alpha}, "
            f"seed {comp.natural.seed}) eps={comp.eps} seed={cfg.seed}")
-    return fit_into_store(cfg, run, tag, build, max_epochs=comp.max_epochs)
+    return fit_into_store(fit_job(cfg, run, tag, build, max_epochs=comp.max_epochs))
 
 
 main = cli.main("finetune")(finetune)

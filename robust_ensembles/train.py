@@ -13,17 +13,17 @@ from omegaconf import DictConfig
 
 from robust_ensembles.core import cli
 from robust_ensembles.store.identity import check, training_run
-from robust_ensembles.training.resumable_fit import fit_into_store
+from robust_ensembles.training.resumable_fit import fit_into_store, fit_job
 
 
 def train(cfg: DictConfig) -> dict:
     check(cfg)
     attack, eval_attack = instantiate(cfg.attack), instantiate(cfg.eval_attack)  # bad attack values fail here, fast
-    return fit_into_store(
+    return fit_into_store(fit_job(
         cfg, training_run(cfg), f"alpha={cfg.alpha} seed={cfg.seed}",
         lambda: instantiate(cfg.module, model=instantiate(cfg.model), attack=attack, eval_attack=eval_attack),
         callbacks=[instantiate(cfg.early_stopping)] if cfg.get("early_stopping") else [],
-    )
+    ))
 
 
 main = cli.main("train")(train)

@@ -540,9 +540,11 @@ def test_estimate_from_an_empty_store_uses_the_presets_reference_costs_and_says_
     # of Table 1's chosen alpha, planned at the smallest candidate), 2 composites: 10 + 260 + 60 s
     assert "14 distinct training jobs and 2 composites missing; about 0.09 h of training" in line
     assert "natural 0.2 min, reference of a test" in line and "composite 0.5 min, reference of a test" in line
-    assert "where none is stored yet: autoattack (reference of a test), curve (reference of a test)" in line
+    # nothing stored to cost an evaluation from: the reference figures alone, said so
+    assert ("h at the preset's reference cost per member and point: autoattack (reference of a test), curve "
+            "(reference of a test)") in line and "stored records" not in line
     train_h = float(re.search(r"about ([\d.]+) h of training", line).group(1))
-    eval_h = float(re.search(r"about ([\d.]+) h at the wall time", line).group(1))
+    eval_h = float(re.search(r"about ([\d.]+) h at the preset's reference cost", line).group(1))
     assert eval_h > 0 and float(re.search(r"in all about ([\d.]+) h", line).group(1)) == pytest.approx(
         train_h + eval_h, abs=0.011)
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written
@@ -561,6 +563,7 @@ def test_paper_scale_estimate_on_an_empty_store_prints_gpu_hours_from_the_preset
         total = float(re.search(r"in all about ([\d.]+) GPU-h", line).group(1))
         assert train_h > 0 and eval_h > 0 and total == pytest.approx(train_h + eval_h, abs=0.011)
         assert "reference of an NVIDIA H200, scaled" in line and " h " not in line
+        assert "GPU-h at the preset's reference cost per member and point" in line  # nothing stored to cost from
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.json"))  # nothing written
 
 

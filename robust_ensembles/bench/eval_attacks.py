@@ -17,9 +17,9 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
     """Candidate evaluation attacks on stored models (`make bench-eval-attacks`; docs/evaluation.md).
 
     For every row (a model of the tables, named by its overrides, composed as `table` composes its rows at
-    `scale`), on the same first n test points: each contender's curve over that scale's radius grid
-    (only points still standing are attacked at
-    the next radius, as in the tables), timed side by side in one run; its accuracy at eps against the
+    `scale`), on the same first n test points: each contender's curve over that scale's radius grid (its
+    own search of the grid), timed side by side in one run; each candidate against the reference at every
+    radius, point by point; its accuracy at eps against the
     row's AutoAttack record on its first autoattack_n points (the table's AutoAttack column, or standard
     AutoAttack through `overrides`; from the store, or computed first with compute_autoattack=true);
     and its wall time as a ratio to the baseline's (L2 PGD-20, the former evaluation attack)."""

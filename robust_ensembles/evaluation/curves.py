@@ -4,8 +4,10 @@ model, an ensemble, a composite), attacked as one model.
 For every test point we record the smallest radius on the grid at which the attack flipped it
 (`min_flip`; 0 when it is misclassified clean, inf when never flipped), and with per_eps=True
 whether it stood at each radius (`correct_at`): the per-point outcomes a store record keeps. The *cumulative* accuracy
-at eps is the fraction with `min_flip > eps`: accuracy under the strongest attack found at that
-radius or below, so the curve is non-increasing by construction. The *per-eps* accuracy is what
+at eps is the fraction with `min_flip > eps`, so the curve is non-increasing by construction: with the scan,
+accuracy under the strongest attack found at that radius or below; with a search of the grid (guided,
+bisect), each flip radius is confirmed by the radius below it standing, and a point that stood at a larger
+radius counts as standing at eps (`describe_search`). The *per-eps* accuracy is what
 the attack at eps alone achieved (the usual number; its monotonicity is a sanity check).
 
 AUC(eps_t) = (1/eps_t) * trapezoid integral of the cumulative accuracy over [0, eps_t] (paper, sec. 1).
@@ -119,6 +121,15 @@ class _Extent:
 SEARCHES = ("scan", "bisect", "probe_bisect", "guided")
 
 
+def describe_search(search: str) -> str:
+    """Where a curve made with `search` attacked each point, in the words a table footer uses."""
+    if search == "scan":
+        return "at every grid radius up to eps"
+    return (f"at the grid radii its {search} search chose per point (each flip radius confirmed by the attack at "
+            f"the radius below it failing; a point that stood at a radius >= eps counts as standing at eps, "
+            f"which assumes the attack succeeds more often at larger radii)")
+
+
 def boundary_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
     """A first-order estimate of each point's distance to the decision boundary: its logit margin over
     the most likely wrong class divided by the dual norm of that margin's input gradient (one step of
@@ -171,7 +182,7 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     previous radius, or another radius of the bisection), scaled onto the new sphere; its first from a
     random point of the sphere, through the same single-start path."""
     check_search(search, per_eps, warm_start, attack, guess_scale)
-    if search != "scan":
+    if search != "scan" and len(eps) > 1:  # (a grid of 0 alone is clean accuracy: nothing to search)
         first = None
         if search == "guided":
             model.eval()

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robust_ensembles import store
 from robust_ensembles.core import job_setup
+from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation.curves import check_grid, check_search
 from robust_ensembles.models import members
 from robust_ensembles.models.ensembles import Ensemble
@@ -92,7 +93,7 @@ class Request:
     curve: CurveSettings
     curve_spec: dict                     # the curve record's identity in the store
     points: dict                         # which test points (split and subset): part of every record's identity
-    autoattack_attack: Any               # AutoAttack as configured (checks.autoattack): the column's and the checks'
+    autoattack_attack: Any               # AutoAttack as configured (checks.autoattack): the column's and the checks' (else None)
     autoattack: AutoAttackColumn | None  # None: no column
     checks: Checks | None                # None: check=false
     force: bool                          # recompute records that are stored
@@ -116,7 +117,8 @@ def evaluation_spec(cfg: DictConfig) -> dict:
     """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
     the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
     every record made before the option used, `warm_start` only where it is on, and `guess_scale` only for
-    the guided search, so those records keep their keys."""
+    the guided search, so those records keep their keys; none of the three for a grid of 0 alone (clean
+    accuracy: nothing is attacked, so no search can change it)."""
     ev = {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items() if k not in ("autoattack", "force")}
     if ev.get("search", "scan") == "scan":
         ev.pop("search", None)
@@ -124,6 +126,9 @@ def evaluation_spec(cfg: DictConfig) -> dict:
         ev.pop("warm_start", None)
     if ev.get("search") != "guided":
         ev.pop("guess_scale", None)  # only the guided search reads it
+    if max(float(e) for e in ev["eps_grid"]) == 0:
+        for k in ("search", "warm_start", "guess_scale"):
+            ev.pop(k, None)
     return ev
 
 
@@ -156,8 +161,13 @@ def from_config(cfg: DictConfig, built: tuple | None = None) -> Request:
     checks = None
     if cfg.check:
         c = cfg.checks
+        if isinstance(c.eps, bool) or not isinstance(c.eps, (int, float)) or c.eps <= 0:
+            raise ConfigError(f"checks.eps={c.eps!r} must be a radius > 0 for check=true (it defaults to "
+                              f"evaluation.auc_eps; set checks.eps=0.5, say).")
         checks = Checks(int(c.n), float(c.eps), float(c.large_eps), float(c.large_eps_max_acc), float(c.max_gap),
                         instantiate(c.square))
+    # AutoAttack as configured: built only where a column or the checks use it
+    autoattack_attack = instantiate(cfg.checks.autoattack) if column is not None or checks is not None else None
 
     spec = curve_spec(cfg, subject.keys, subject.weights)
     job = copy.deepcopy(cfg)  # the curve's job logs into the record's folder
@@ -166,7 +176,7 @@ def from_config(cfg: DictConfig, built: tuple | None = None) -> Request:
     return Request(
         store_root=Path(cfg.store.root), subject=subject, attack=attack, curve=curve_settings(cfg),
         curve_spec=spec, points=test_points(cfg),
-        autoattack_attack=instantiate(cfg.checks.autoattack), autoattack=column, checks=checks,
+        autoattack_attack=autoattack_attack, autoattack=column, checks=checks,
         force=bool(ev.force), experiment=cfg.name, provenance=lambda: OmegaConf.to_container(job, resolve=True),
         trainer=lambda: job_setup.setup(job, [], enable_checkpointing=False, precision=ev.precision),
         data=lambda **kw: instantiate(cfg.data, **kw), seed_job=lambda: job_setup.seed(cfg))

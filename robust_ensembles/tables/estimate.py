@@ -244,7 +244,7 @@ def estimate_evaluation(t: TableRun, plan: list[dict] | None = None, slots: int 
     seconds = sum(records.values())
     in_jobs = sum(job["seconds"] for jobs in multiruns for job in jobs)
     unit = hours_unit(plan[0]["cfg"], all(source for p in plan for cost, source in p["costs"].values() if cost))
-    from_store = any(cost is not None and not source for p in plan for cost, source in p["costs"].values())
+    from_store = any(cost and not source for p in plan for cost, source in p["costs"].values())  # (0: clean only)
     if from_store:
         text += (f"; about {seconds / 3600:.2f} {unit} at the wall time per member and point of stored records "
                  f"computed the same way on this kind of device ({this_device()})"

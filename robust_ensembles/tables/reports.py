@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from robust_ensembles import PROJECT_ROOT
 from robust_ensembles.evaluation import outcomes
-from robust_ensembles.evaluation.curves import curve_of, plot_curves, standard_error
+from robust_ensembles.evaluation.curves import curve_of, describe_search, plot_curves, standard_error
 from robust_ensembles.tables.claims import Verdict, seeds_text, settings_name
 
 if TYPE_CHECKING:
@@ -178,8 +178,8 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
                *autoattack_notes(t, filled.autoattack),
                f"accuracies in %, ± one binomial standard error (for one cell; comparisons of two rows use the paired "
                f"intervals of the claims below); a point counts as robust at eps only if no attack run on it at a radius "
-               f"<= eps flipped it: the evaluation attack ({instantiate(t.evaluate_cfg.evaluation.attack)!r}) at every "
-               f"grid radius up to eps, and AutoAttack (and any attack run on the model later, 'other attacks') on its "
+               f"<= eps flipped it: the evaluation attack ({instantiate(t.evaluate_cfg.evaluation.attack)!r}) "
+               f"{describe_search(t.evaluate_cfg.evaluation.search)}, and AutoAttack (and any attack run on the model later, 'other attacks') on its "
                f"points at eps >= its radius; 'attack - AA' is the "
                f"evaluation attack's accuracy minus AutoAttack's on the same points, ⚠ where it exceeds "
                f"{100 * t.flag_gap:g} point(s)",

@@ -43,7 +43,7 @@ def fill(t: TableRun) -> Filled:
     target = float(t.spec.target_eps)
     single, singles, reference, by_eps = [], [], None, {}
     for e in grid:  # each single model read at its own training eps, on the same grid and attacks as the
-        # ensembles (every radius up to e attacked); AutoAttack for the one at the target
+        # ensembles; AutoAttack for the one at the target
         r = t.evaluate_row([f"alpha={e}", "K=1"], autoattack=(e == target))
         singles.append(r)
         by_eps[e] = r

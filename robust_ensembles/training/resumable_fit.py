@@ -2,14 +2,17 @@
 (then skip or resume), resume when a job died, keep
 the best validation epoch, test it, then write weights, metrics and the completion marker.
 
-Shared by `train` (one model) and `finetune` (a composite's head).
+Shared by `train` (one model) and `finetune` (a composite's head). Their entry points turn the config into
+a `FitJob` once (`fit_job`); `fit_into_store` takes the FitJob, never the config.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -27,27 +30,53 @@ def _model_state(state_dict: dict) -> dict:
     return {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
 
 
-def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Callable[[], pl.LightningModule],
-                   callbacks: Sequence[pl.Callback] = (), **trainer_overrides) -> dict:
+@dataclass(frozen=True)
+class FitJob:
+    """One fit into a store entry, as the entry point built it from the config (`fit_job`)."""
+    run: store.Run                                  # the entry (its identity: the store's key)
+    tag: str                                        # how the log names it
+    build_module: Callable[[], pl.LightningModule]
+    data: Callable[[], Any]                         # the datamodule
+    checkpoint: Callable[[], pl.Callback]           # the checkpoint callback that keeps the best epoch
+    trainer: Callable[[list], tuple]                # (trainer, logger) with these callbacks, logging into the entry
+    config: DictConfig                              # the job's config, written into the entry (config.yaml)
+    lock_timeout_s: float
+    lock_poll_s: float
+    run_test: bool
+
+
+def fit_job(cfg: DictConfig, run: store.Run, tag: str, build_module: Callable[[], pl.LightningModule],
+            callbacks: Sequence[pl.Callback] = (), **trainer_overrides) -> FitJob:
+    """The FitJob of `cfg`: the entry point's door from the config to the fit."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.paths.run_dir = str(run.path)  # the job logs into its store entry
+    lock = job.store.get("lock") or {}
+    return FitJob(run=run, tag=tag, build_module=build_module, data=lambda: instantiate(job.data),
+                  checkpoint=lambda: instantiate(job.checkpoint),
+                  trainer=lambda cbs: job_setup.setup(job, [*cbs, *callbacks], **trainer_overrides), config=job,
+                  lock_timeout_s=lock.get("timeout_s", 0), lock_poll_s=lock.get("poll_s", 5.0),
+                  run_test=bool(job.run_test))
+
+
+def fit_into_store(job: FitJob) -> dict:
+    run, tag = job.run, job.tag
     if run.complete:
         log.info("[store] skip %s: complete at %s", tag, run.path)
         return run.metrics()
-    datamodule = instantiate(cfg.data)
+    datamodule = job.data()
     datamodule.setup("fit")  # data missing or corrupt: one error before any store entry is created
-    lock = cfg.store.get("lock") or {}
-    with run.lock(timeout_s=lock.get("timeout_s", 0), poll_s=lock.get("poll_s", 5.0)):
+    with run.lock(timeout_s=job.lock_timeout_s, poll_s=job.lock_poll_s):
         if run.complete:  # another job finished it while this one waited
             log.info("[store] skip %s: completed by another job at %s", tag, run.path)
             return run.metrics()
-        with open_dict(cfg):
-            cfg.paths.run_dir = str(run.path)
         resume = run.resume_checkpoint()
         log.info("[store] %s %s -> %s", "resume" if resume else "train", tag, run.path)
-        run.begin(cfg)
+        run.begin(job.config)
         throughput = Throughput()
-        checkpoint = instantiate(cfg.checkpoint)
-        trainer, logger = job_setup.setup(cfg, [checkpoint, throughput, *callbacks], **trainer_overrides)
-        module = build_module()
+        checkpoint = job.checkpoint()
+        trainer, logger = job.trainer([checkpoint, throughput])
+        module = job.build_module()
         with job_setup.tracked():
             start = time.perf_counter()
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -55,7 +84,7 @@ def fit_into_store(cfg: DictConfig, run: store.Run, tag: str, build_module: Call
             best = store.load_weights(checkpoint.best_model_path)
             last, kept = _model_state(module.state_dict()), _model_state(best["state_dict"])
             module.model.load_state_dict(kept)
-            test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.run_test else {}
+            test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if job.run_test else {}
             metrics = {
                 "best_epoch": best["epoch"], "last_epoch": trainer.current_epoch - 1,
                 # with early stopping: whether training ended because validation stopped rising (an epoch
