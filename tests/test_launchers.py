@@ -72,3 +72,25 @@ def test_two_parallel_ray_jobs_on_cpu_write_two_entries_and_a_rerun_skips_them(t
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     log = second.stdout + second.stderr
     assert log.count("[store] skip") == 2 and "[store] train" not in log
+
+
+def test_ray_launches_state_the_authentication_mode_and_a_users_choice_stands(monkeypatch):
+    """Ray warns on every launch that it chose token authentication for its local cluster unless
+    RAY_AUTH_MODE states a mode: the multirun callback states its default (token), and leaves a user's
+    own setting alone; a mode Ray does not know is one line."""
+    from hydra.utils import instantiate
+
+    from robust_ensembles.core.cli import RayAuthMode
+    from robust_ensembles.core.errors import ConfigError
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=TINY, return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.ray_auth)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    callback.on_multirun_start(cfg)
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    callback.on_multirun_start(cfg)
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    with pytest.raises(ConfigError, match="hydra.callbacks.ray_auth.mode='tokens' must be token or disabled"):
+        RayAuthMode("tokens")

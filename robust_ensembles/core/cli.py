@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from robust_ensembles import CONFIG_DIR
-from robust_ensembles.core.errors import UserError
+from robust_ensembles.core.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 FAILED = "FAILED"
@@ -87,6 +87,20 @@ def main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[
             reporting_user_errors(task))
 
     return wrap
+
+
+class RayAuthMode(Callback):
+    """Before a multirun launches: Ray's authentication mode (`RAY_AUTH_MODE`) stated, unless the user set it.
+    A new local Ray cluster picks token authentication by default and warns that it did on every launch;
+    stated explicitly, the same mode starts without the warning. Launchers other than Ray never read it."""
+
+    def __init__(self, mode: str):
+        if mode not in ("token", "disabled"):
+            raise ConfigError(f"hydra.callbacks.ray_auth.mode={mode!r} must be token or disabled.")
+        self.mode = mode
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.setdefault("RAY_AUTH_MODE", self.mode)
 
 
 class FailedJobs(Callback):
