@@ -12,7 +12,7 @@ JOBS ?= 1
 # per hour of one two-thread job (docs/cpu-scale.md)
 PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=ray_cpu threads=1 evaluate_in=jobs hydra.launcher.ray.init.num_cpus=$(JOBS))
 
-.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-alpha-search bench-store recommend profile gpu-measurements device-carry clean-outputs
+.PHONY: help install bench-deps test test-slow train-cpu train-paper tables table1 table2-size table2-equivalence bench bench-gpu bench-eval-attacks bench-tables-eval bench-alpha-search bench-store recommend profile gpu-measurements device-carry clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs 
 
 bench-eval-attacks:  ## candidate evaluation attacks and grid searches vs the stored AutoAttack records and the scan: gaps and cost / PGD-20 (docs/evaluation.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/measurements/eval-attacks.md $(ARGS)
+
+bench-tables-eval:  ## the tables' whole evaluation once per evaluation setting (scan, then guided), one after the other on the store's trained models, training nothing: wall times, their ratio, every table cell and verdict that changed (SCALE; JOBS=2's launcher: needs the gpu-cluster extra; docs/evaluation.md)
+	$(PYTHON) -m robust_ensembles.bench bench.mode=tables_eval bench.tables_eval.scale=$(SCALE) bench.output=docs/measurements/tables-eval-$(SCALE).md $(ARGS)
 
 bench-store:  ## the store's sha256 check on every model load vs torch.load alone (ResNet18 and the CPU model; docs/store.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=store_digest bench.output=docs/bench-store.md $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -192,3 +193,47 @@ def test_precision_mode_compares_each_precision_with_fp32_on_the_same_points(tmp
     records = store.records(f"{tmp_path}/store", "curve", VERSIONS["curve"])
     assert sorted(r["precision"] for r in records) == ["32-true", "bf16-mixed"]   # two records, keyed by precision
     assert len({r["n"] for r in records}) == 1 and len(rep.notes) == 2
+
+
+def test_tables_eval_runs_each_setting_on_the_same_models_training_nothing_and_leaves_the_store_alone(
+        tmp_path, monkeypatch, capsys):
+    """bench.mode=tables_eval (make bench-tables-eval) on a miniature table: each setting's run starts from the
+    store's trained models and no curve record, computes its curves, trains nothing, writes its reports
+    outside the checkout's reports/, and leaves the store it read as it was; the report compares the wall
+    times and every table cell."""
+    from robust_ensembles.tables.table_run import TableRun
+    from tests.test_tables import in_process, k_table
+
+    sweeps = k_table(tmp_path, monkeypatch)
+    source = tmp_path / "store"
+    over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={source}"]
+    trained = in_process(monkeypatch)
+    TableRun("k_table", "tiny", over, "off", sweeps_dir=sweeps).train_missing()  # the models, no record
+    assert len(trained) == 1
+    before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+    trained.clear()
+    out = tmp_path / "tables-eval.md"
+    rep = bench(compose_bench(tmp_path, "bench.mode=tables_eval", f"bench.output={out}", f"paths.store_dir={source}",
+                              "bench.tables_eval.table=k_table", "bench.tables_eval.scale=tiny",
+                              f"bench.tables_eval.sweeps_dir={sweeps}", "bench.tables_eval.launcher=[]",
+                              "bench.tables_eval.evaluate_in=process", "bench.tables_eval.overrides=[]",
+                              "bench.tables_eval.autoattack_column=off", "bench.tables_eval.min_speedup=0.01"))
+    assert trained == []  # nothing trained: the models are the store's
+    [(name, med, lo, hi, target, met)] = rep.rows
+    assert name == "tables' evaluation wall time, scan / guided" and med > 0 and med == lo == hi and met is True
+    text = out.read_text()
+    # both runs' reports were read (in the scratch folder: reports_dir), cell by cell
+    assert re.search(r"guided against scan: \d+ of [1-9]\d* numeric table cells changed; the largest: ", text), text
+    assert "guided against scan: 0 of 0 verdicts changed" in text
+    # each run computed the table's two curves itself, on a store of the same two models
+    for setting in ("scan", "guided"):
+        assert re.search(rf"\| {setting} \| evaluation.search={setting} \| \d+ \| [\d.]+ \| 2 \| \d+ \| 0 \| 0 \| 2 \|", text), text
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # the store it read: untouched
+    assert not (tmp_path / "reports").exists()  # the reports went to the scratch folder
+    assert not list(tmp_path.glob(".tables-eval-*"))  # and the scratch folder is gone
+
+    with pytest.raises(ConfigError, match="holds no trained model"):
+        bench(compose_bench(tmp_path, "bench.mode=tables_eval", f"paths.store_dir={tmp_path}/empty"))
+    with pytest.raises(ConfigError, match="name at least two"):
+        bench(compose_bench(tmp_path, "bench.mode=tables_eval", f"paths.store_dir={source}",
+                            "~bench.tables_eval.settings.guided"))

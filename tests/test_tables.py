@@ -330,22 +330,9 @@ def test_evaluation_jobs_launch_validation_rounds_until_the_choice_is_made_then_
     assert evaluation_jobs.evaluation_jobs([table], launch=launch, plan_of=lambda t: plan()) == 1 and launched == [["c2"]]
 
 
-@pytest.mark.parametrize("evaluate_in", ["process", pytest.param("jobs", marks=pytest.mark.slow)])  # jobs: +14 s
-def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, evaluate_in):
-    """The recipe of docs/tables.md: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
-    driver trains what it needs (a training multirun), evaluates its rows and writes its reports. With
-    evaluate_in=jobs the rows' records are computed by a Hydra multirun of evaluate_row in separate
-    processes (the driver's process computes none), the same records as in-process evaluation (the
-    rounds of jobs are tested fast in test_evaluation_jobs_launch_validation_rounds_...)."""
-    from robust_ensembles.evaluation import records
-
-    guard, put = {"on": evaluate_in == "jobs"}, records.store.put_record
-
-    def no_record_here(*a, **k):
-        assert not guard["on"], "a record was computed in the driver's process"
-        return put(*a, **k)
-
-    monkeypatch.setattr(records.store, "put_record", no_record_here)
+def k_table(tmp_path, monkeypatch):
+    """A table of K-ensembles at alpha=0.25 written as docs/tables.md says: a module with needs() and fill()
+    (importable from tmp_path) and its sweep; returns the sweeps folder."""
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "k_table.py").write_text(textwrap.dedent('''
         from robust_ensembles.evaluation.curves import curve_of
@@ -374,6 +361,26 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, eval
                  evaluate_overrides: [evaluation.attack.steps=2, evaluation.attack.targeted_steps=2,
                                       evaluation.attack.target_classes=1, "evaluation.eps_grid=[0,0.25,0.5]"]}
     '''))
+    return sweeps
+
+
+@pytest.mark.parametrize("evaluate_in", ["process", pytest.param("jobs", marks=pytest.mark.slow)])  # jobs: +14 s
+def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, evaluate_in):
+    """The recipe of docs/tables.md: a sweeps/<name>.yaml naming a module with needs() and fill(); the generic
+    driver trains what it needs (a training multirun), evaluates its rows and writes its reports. With
+    evaluate_in=jobs the rows' records are computed by a Hydra multirun of evaluate_row in separate
+    processes (the driver's process computes none), the same records as in-process evaluation (the
+    rounds of jobs are tested fast in test_evaluation_jobs_launch_validation_rounds_...)."""
+    from robust_ensembles.evaluation import records
+
+    guard, put = {"on": evaluate_in == "jobs"}, records.store.put_record
+
+    def no_record_here(*a, **k):
+        assert not guard["on"], "a record was computed in the driver's process"
+        return put(*a, **k)
+
+    monkeypatch.setattr(records.store, "put_record", no_record_here)
+    sweeps = k_table(tmp_path, monkeypatch)
     # an override only the evaluation knows reaches the rows, not the training multirun
     over = [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store", "evaluation.batch_size=16"]
     driver.run("k_table", "tiny", over, autoattack="off", sweeps_dir=sweeps, evaluate_in=evaluate_in)
@@ -395,6 +402,18 @@ def test_a_new_table_is_a_sweep_and_a_module(tmp_path, monkeypatch, capsys, eval
         assert as_stored(here) == as_stored(by_job)
     with pytest.raises(ConfigError, match="evaluate_in=elsewhere is unknown"):
         driver.run("k_table", "tiny", over, sweeps_dir=sweeps, evaluate_in="elsewhere")
+
+
+def test_train_false_names_the_models_missing_and_trains_nothing(tmp_path, monkeypatch):
+    """train=false fills the tables from the models the store holds: one missing is one error naming it, before
+    anything trains (make bench-tables-eval fills tables this way; its test runs it on a trained store)."""
+    sweeps = k_table(tmp_path, monkeypatch)
+    multiruns = in_process(monkeypatch)
+    with pytest.raises(ConfigError, match=r"train=false: the store \S+ lacks 2 model\(s\) k_table needs "
+                                          r"\(alpha=0.25 seed=0, alpha=0.25 seed=1\); train them"):
+        driver.run("k_table", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
+                   autoattack="off", sweeps_dir=sweeps, train=False)
+    assert multiruns == []
 
 
 def test_an_unknown_table_or_scale_is_named(tmp_path):

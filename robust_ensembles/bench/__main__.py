@@ -13,7 +13,8 @@ Every comparison interleaves its contenders (A, B, A, B, ...) over `bench.repeat
 
 Other modes (`bench.mode=...`, one module each in this package, registered in `bench.modes.MODES`): `gpu_epoch`
 (one paper-scale epoch on the GPU fast path), `profile`, `eval_attacks` (candidate evaluation attacks against
-AutoAttack, docs/evaluation.md), `precision`, `alpha_search` (docs/recommend.md), `store_digest`.
+AutoAttack, docs/evaluation.md), `tables_eval` (the tables' whole evaluation per evaluation setting, one after
+the other), `precision`, `alpha_search` (docs/recommend.md), `store_digest`.
 """
 
 from __future__ import annotations

@@ -10,13 +10,14 @@ import torch
 from omegaconf import DictConfig
 
 from robust_ensembles.bench import (eval_attacks, gpu_epoch, precision, ratios, search_strategies, step_profile,
-                                    store_digest)
+                                    store_digest, tables_eval)
 from robust_ensembles.bench.harness import Report
 from robust_ensembles.core.errors import ConfigError
 
 MODES: dict[str, ModuleType] = {
     "ratios": ratios, "gpu_epoch": gpu_epoch, "profile": step_profile, "eval_attacks": eval_attacks,
     "alpha_search": search_strategies, "precision": precision, "store_digest": store_digest,
+    "tables_eval": tables_eval,
 }
 
 

@@ -21,7 +21,7 @@ from robust_ensembles.core import cli
 from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.tables import driver
 
-OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in")  # this command's; not passed on
+OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir", "evaluate_in", "train")  # this command's; not passed on
 
 
 def tables(cfg: DictConfig) -> list[dict]:
@@ -31,7 +31,7 @@ def tables(cfg: DictConfig) -> list[dict]:
     jobs = [o for o in overrides.task if cli.override_key(o) not in OWN_KEYS]
     launcher = cli.launcher_overrides(overrides.hydra)
     return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), bool(cfg.estimate),
-                      cfg.sweeps_dir, launcher, str(cfg.evaluate_in))
+                      cfg.sweeps_dir, launcher, str(cfg.evaluate_in), bool(cfg.train))
 
 
 main = cli.main("tables")(tables)

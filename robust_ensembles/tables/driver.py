@@ -49,13 +49,14 @@ def tables_in(sweeps_dir: str | Path) -> list[str]:
 
 def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", estimate: bool = False,
         sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None,
-        evaluate_in: str = "process") -> list[dict]:
+        evaluate_in: str = "process", train: bool = True) -> list[dict]:
     """Fill `table` (or every table in sweeps_dir for `all`); returns the reports' paths per table.
-    `evaluate_in=jobs` computes the missing records as Hydra jobs first (`evaluation_jobs`)."""
+    `evaluate_in=jobs` computes the missing records as Hydra jobs first (`evaluation_jobs`); `train=False`
+    trains nothing: a model the tables need and the store lacks is one error."""
     if evaluate_in not in EVALUATE_IN:
         raise ConfigError(f"evaluate_in={evaluate_in} is unknown; use one of {list(EVALUATE_IN)}.")
     names = tables_in(sweeps_dir) if table == "all" else [table]
-    runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher) for name in names]
+    runs = [TableRun(name, scale, overrides, autoattack, sweeps_dir, launcher, may_train=train) for name in names]
     parallel = parallel_jobs(runs[0].launcher)  # also checks the launcher composes before anything runs
     if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}

@@ -166,7 +166,7 @@ def write_table(rows: list[dict], columns: list[str], out_dir: Path, name: str, 
 
 
 def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
-    out = Path(t.evaluate_cfg.paths.root_dir) / "reports" / t.scale
+    out = Path(t.evaluate_cfg.reports_dir) / t.scale
     rows = filled.rows
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if t.scale == "paper" and t.s.get("paper_numbers"):

@@ -81,7 +81,8 @@ class TableRun:
     estimate's planner)."""
 
     def __init__(self, table: str, scale: str, overrides: list[str], autoattack: str = "run",
-                 sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None):
+                 sweeps_dir: str | Path = PROJECT_ROOT / "sweeps", launcher: list[str] | None = None,
+                 may_train: bool = True):
         sweeps_dir = Path(sweeps_dir)
         path = sweeps_dir / f"{table}.yaml"
         if not path.is_file():
@@ -107,6 +108,7 @@ class TableRun:
         self.launcher = list(launcher or [])
         self.user_overrides = list(overrides)
         self.trained: list[str] = []
+        self.may_train = may_train  # False (train=false): a model the store lacks is an error, never trained
         self.evaluator: Evaluator = StoreEvaluator()  # estimate.planner_for(t) puts the planner here
 
     @property
@@ -190,6 +192,11 @@ class TableRun:
 
     def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
         """Train these (alpha, seed) jobs and composites; returns what was trained."""
+        if (jobs or comps) and not self.may_train:
+            lacking = [f"alpha={a} seed={s}" for a, s in jobs] + [f"composite={c}" for c in comps]
+            raise ConfigError(f"train=false: the store {self.evaluate_cfg.store.root} lacks {len(lacking)} model(s) "
+                              f"{self.table} needs ({', '.join(lacking)}); train them (drop train=false) or point "
+                              f"paths.store_dir at the store that holds them.")
         trained = []
         for alphas, seeds in multirun_groups(jobs):
             self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
