@@ -173,13 +173,13 @@ def test_evaluation_attacks_in_fp32_whatever_precision_trained_the_model(tmp_pat
 
 
 def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_path):
-    from omegaconf import OmegaConf
-
     from robust_ensembles.evaluation.records import CURVE
     from robust_ensembles.tables.estimate import seconds_per_member_point
 
+    from robust_ensembles.evaluation.request import evaluation_spec
+
     cfg = compose_train([*TINY, "evaluation.eps_grid=[0,0.5]"], tmp_path, config_name="evaluate")
-    spec = {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True), "check": False}
+    spec = {"evaluation": evaluation_spec(cfg), "check": False}  # as a curve record states it
     for device, wall in (("cpu", 20.0), ("NVIDIA H200", 1.0)):
         store.put_record(cfg.store.root, CURVE, {**spec, "device_for_test": device}, VERSIONS[CURVE],
                          {"K": 2, "n": 10, "wall_s": wall, "device": device, "experiment": cfg.name})
@@ -191,6 +191,18 @@ def test_evaluation_cost_is_estimated_from_records_of_the_same_device_kind(tmp_p
     store.put_record(cfg.store.root, CURVE, {**other, "device_for_test": "other format"}, VERSIONS[CURVE],
                      {"K": 1, "n": 10, "wall_s": 1000.0, "device": "cpu", "experiment": cfg.name})
     assert seconds_per_member_point(cfg, CURVE, device="cpu") == pytest.approx(1.0)
+    # another search of the grid costs differently: the scan's records do not cost a guided curve ...
+    guided = compose_train([*TINY, "evaluation.eps_grid=[0,0.5]", "evaluation.search=guided"], tmp_path,
+                           config_name="evaluate")
+    assert seconds_per_member_point(guided, CURVE, device="cpu") is None
+    # ... but clean accuracy alone (a grid of 0) is the same record whatever the search: it costs it
+    clean = compose_train([*TINY, "evaluation.eps_grid=[0]"], tmp_path, config_name="evaluate")
+    store.put_record(cfg.store.root, CURVE, {"evaluation": evaluation_spec(clean), "check": False}, VERSIONS[CURVE],
+                     {"K": 1, "n": 10, "wall_s": 0.5, "device": "cpu", "experiment": cfg.name})
+    for search in ("scan", "guided"):
+        c = compose_train([*TINY, "evaluation.eps_grid=[0]", f"evaluation.search={search}"], tmp_path,
+                          config_name="evaluate")
+        assert seconds_per_member_point(c, CURVE, device="cpu") == pytest.approx(0.05)
 
 
 def test_a_later_attack_on_the_same_model_and_points_is_picked_up_and_no_other_models(trained_store, tmp_path):

@@ -113,6 +113,9 @@ def test_points(cfg: DictConfig) -> dict:
     return {"split": cfg.evaluation.split, **{k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
 
 
+SEARCH_KEYS = ("search", "warm_start", "guess_scale")  # how the grid is searched: in a spec only off their defaults
+
+
 def evaluation_spec(cfg: DictConfig) -> dict:
     """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
     the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
@@ -127,7 +130,7 @@ def evaluation_spec(cfg: DictConfig) -> dict:
     if ev.get("search") != "guided":
         ev.pop("guess_scale", None)  # only the guided search reads it
     if max(float(e) for e in ev["eps_grid"]) == 0:
-        for k in ("search", "warm_start", "guess_scale"):
+        for k in SEARCH_KEYS:
             ev.pop(k, None)
     return ev
 

@@ -24,7 +24,7 @@ from robust_ensembles.core.errors import ConfigError
 from robust_ensembles.evaluation import request
 from robust_ensembles.evaluation.records import (AUTOATTACK, CURVE, VERSIONS, autoattack_settings, autoattack_spec,
                                                  point_attack_records, stored_record, this_device)
-from robust_ensembles.evaluation.request import evaluation_spec, test_points
+from robust_ensembles.evaluation.request import SEARCH_KEYS, evaluation_spec, test_points
 from robust_ensembles.models import members
 from robust_ensembles.store.identity import check, members_query, training_identity
 from robust_ensembles.tables.launch import multirun_groups
@@ -123,15 +123,11 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
     per job (`job_setup.measured_with`), or None when there is none."""
     device = this_device() if device is None else device
     threads = threads_of(cfg)
-    ev = store.canonical_json(OmegaConf.to_container(cfg.evaluation, resolve=True))  # targets by stable name, as in specs
-    same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev[k] for k in
-                                                              ("attack", "eps_grid", "per_eps", "precision"))
+    ev = store.canonical_json(evaluation_spec(cfg))  # as a record's spec states it: targets by stable name
+    same_curve = lambda spec: (not spec.get("check") and all(spec["evaluation"].get(k) == ev.get(k) for k in
+                                                              ("attack", "eps_grid", "per_eps", "precision", *SEARCH_KEYS))
                                # memory format changes the time, not the numbers (records before the option: NCHW)
-                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False)
-                               and spec["evaluation"].get("search", "scan") == ev.get("search", "scan")
-                               and spec["evaluation"].get("warm_start", False) == ev.get("warm_start", False)
-                               and (ev.get("search", "scan") != "guided"
-                                    or spec["evaluation"].get("guess_scale") == ev.get("guess_scale")))
+                               and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False))
     same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
