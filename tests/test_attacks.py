@@ -230,3 +230,29 @@ def test_apgd_doubled_doubles_both_parts():
 def test_bad_apgd_config_is_refused_with_its_key(kw, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         apgd(**kw)
+
+
+def test_autoattack_custom_subset_runs_apgd_ce_with_the_restarts_asked_and_keys_them_only_when_set(monkeypatch):
+    """pyautoattack runs a custom subset with its constructor's settings: APGD-CE with 5 restarts, where the
+    standard version runs 1 (L2). `apgd_restarts` sets them; a record's settings name it only when set, so
+    records made before the option keep their keys."""
+    from pyautoattack import AutoAttack as PyAutoAttack
+
+    from robust_ensembles.attacks.autoattack import AutoAttack
+    from robust_ensembles.evaluation.records import autoattack_settings
+
+    seen = []
+    monkeypatch.setattr(PyAutoAttack, "run_standard_evaluation", lambda self, x, y, **kw: (
+        seen.append((self.attacks_to_run, self.apgd.n_restarts, self.apgd_targeted.n_target_classes)), (x, None))[1])
+    model, x, y = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10)), torch.rand(2, 3, 2, 2), torch.tensor([0, 1])
+    subset = dict(eps=0.5, norm="l2", version="custom", attacks=["apgd-ce", "apgd-t"], seed=0, batch_size=2)
+    default, one = AutoAttack(**subset), AutoAttack(**subset, apgd_restarts=1)
+    default(model, x, y)
+    one(model, x, y)
+    AutoAttack(eps=0.5, norm="l2", version="standard", attacks=None, seed=0, batch_size=2)(model, x, y)
+    assert [s[1:] for s in seen] == [(5, 9), (1, 9), (1, 9)]
+    assert "apgd_restarts" not in autoattack_settings(default) and autoattack_settings(one)["apgd_restarts"] == 1
+    for bad in ({"version": "standard", "attacks": None, "apgd_restarts": 1}, {"apgd_restarts": 0}):
+        with pytest.raises(ConfigError, match=r"autoattack.apgd_restarts=\d must be null \(AutoAttack's 1 in the "
+                                              r"standard version, 5 in a custom one\) or, with autoattack.version=custom"):
+            AutoAttack(**{**subset, **bad})

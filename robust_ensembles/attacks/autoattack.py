@@ -19,26 +19,29 @@ class AutoAttack:
     """Standard AutoAttack (Croce & Hein 2020) through `pyautoattack`, as a callable like `PGD`.
 
     version="standard": APGD-CE, APGD-T, FAB-T and Square (L2 or Linf). version="custom" with
-    `attacks=[...]` runs a subset (e.g. ["square"], the black-box sanity check). pyautoattack
-    calls `.view` on gradients, so inputs are handed over contiguous (NCHW).
+    `attacks=[...]` runs a subset (e.g. ["square"], the black-box sanity check), with pyautoattack's
+    constructor settings, which are not all the standard version's: APGD-CE runs 5 restarts there (standard:
+    1 for L2 and Linf) unless `apgd_restarts` says otherwise. pyautoattack calls `.view` on gradients, so
+    inputs are handed over contiguous (NCHW).
     """
 
     NORMS = {"l2": "L2", "linf": "Linf"}
 
     def __init__(self, eps: float, norm: str, version: str, attacks: list[str] | None, seed: int,
                  batch_size: int, key: str = "autoattack", square_queries: int | None = None,
-                 apgd_iterations: int | None = None):
+                 apgd_iterations: int | None = None, apgd_restarts: int | None = None):
         if norm not in self.NORMS:
             raise ConfigError(f"{key}.norm={norm!r} is not a known norm; use one of {sorted(self.NORMS)}.")
         if version == "custom" and not attacks:
             raise ConfigError(f"{key}.version=custom needs {key}.attacks, e.g. [apgd-ce, square].")
-        for name, value, default in (("square_queries", square_queries, 5000), ("apgd_iterations", apgd_iterations, 100)):
+        for name, value, default in (("square_queries", square_queries, "5000"), ("apgd_iterations", apgd_iterations, "100"),
+                                     ("apgd_restarts", apgd_restarts, "1 in the standard version, 5 in a custom one")):
             if value is not None and (version != "custom" or isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ConfigError(f"{key}.{name}={value!r} must be null (AutoAttack's {default}) or, with "
                                   f"{key}.version=custom, a positive integer.")
         self.key, self.norm, self.version = key, norm, version
-        self.square_queries, self.apgd_iterations = square_queries, apgd_iterations
+        self.square_queries, self.apgd_iterations, self.apgd_restarts = square_queries, apgd_iterations, apgd_restarts
         self.attacks = list(attacks) if attacks else None
         self.seed, self.batch_size = seed, batch_size
         self.eps = check_eps(eps, key)
@@ -58,6 +61,8 @@ class AutoAttack:
                 adversary.square.n_queries = self.square_queries
             if self.apgd_iterations is not None:
                 adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = self.apgd_iterations
+            if self.apgd_restarts is not None:
+                adversary.apgd.n_restarts = self.apgd_restarts
             x_adv, _ = adversary.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
         return x_adv.detach()
 

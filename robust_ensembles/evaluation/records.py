@@ -150,10 +150,12 @@ def autoattack_spec(req: Request) -> dict:
 
 
 def autoattack_settings(autoattack) -> dict:
-    """AutoAttack's settings as an AutoAttack record keys them (`outcomes.procedure` pairs records by them)."""
+    """AutoAttack's settings as an AutoAttack record keys them (`outcomes.procedure` pairs records by them);
+    `apgd_restarts` only where it is set, so records made before the option keep their keys."""
+    restarts = autoattack.apgd_restarts
     return {"norm": autoattack.norm, "version": autoattack.version, "attacks": autoattack.attacks,
             "seed": autoattack.seed, "square_queries": autoattack.square_queries,
-            "apgd_iterations": autoattack.apgd_iterations}
+            "apgd_iterations": autoattack.apgd_iterations, **({"apgd_restarts": restarts} if restarts is not None else {})}
 
 
 def autoattack_record(req: Request) -> dict | None:

@@ -128,7 +128,8 @@ def seconds_per_member_point(cfg: DictConfig, kind: str, device: str | None = No
                                                               ("attack", "eps_grid", "per_eps", "precision", *SEARCH_KEYS))
                                # memory format changes the time, not the numbers (records before the option: NCHW)
                                and spec["evaluation"].get("channels_last", False) == ev.get("channels_last", False))
-    same_aa = lambda spec: spec["autoattack"]["version"] == cfg.checks.autoattack.version
+    same_aa = lambda spec: (spec["autoattack"]["version"] == cfg.checks.autoattack.version
+                            and spec["autoattack"].get("apgd_restarts") == cfg.checks.autoattack.apgd_restarts)
     same = same_curve if kind == CURVE else same_aa
     rates = [r["wall_s"] / (r["K"] * r["n"]) for r in store.records(cfg.store.root, kind, VERSIONS[kind])
              if r.get("K") and r.get("n") and r.get("wall_s") and same(r["spec"]) and r.get("device") == device
