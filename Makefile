@@ -50,7 +50,7 @@ bench: bench-deps  ## speed ratios measured side by side (PGD vs clean step, vs 
 bench-eval-attacks:  ## candidate evaluation attacks and grid searches vs the stored AutoAttack records and the scan: gaps and cost / PGD-20 (docs/evaluation.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=eval_attacks bench.output=docs/measurements/eval-attacks.md $(ARGS)
 
-bench-tables-eval:  ## the tables' whole evaluation once per evaluation setting (scan, then guided), one after the other on the store's trained models, training nothing: wall times, their ratio, every table cell and verdict that changed (SCALE; JOBS=2's launcher: needs the gpu-cluster extra; docs/evaluation.md)
+bench-tables-eval:  ## the tables' whole evaluation once per evaluation setting (scan, then guided), one after the other on the store's trained models, training nothing: wall times, their ratio, every table cell and verdict that changed (SCALE; runs as JOBS=2 does, through Ray: the gpu-cluster extra; docs/evaluation.md)
 	$(PYTHON) -m robust_ensembles.bench bench.mode=tables_eval bench.tables_eval.scale=$(SCALE) bench.output=docs/measurements/tables-eval-$(SCALE).md $(ARGS)
 
 bench-store:  ## the store's sha256 check on every model load vs torch.load alone (ResNet18 and the CPU model; docs/store.md)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -240,6 +242,7 @@ def test_autoattack_custom_subset_runs_apgd_ce_with_the_restarts_asked_and_keys_
 
     from robust_ensembles.attacks.autoattack import AutoAttack
     from robust_ensembles.evaluation.records import autoattack_settings
+    from robust_ensembles.tables.claims import settings_name
 
     seen = []
     monkeypatch.setattr(PyAutoAttack, "run_standard_evaluation", lambda self, x, y, **kw: (
@@ -252,7 +255,13 @@ def test_autoattack_custom_subset_runs_apgd_ce_with_the_restarts_asked_and_keys_
     AutoAttack(eps=0.5, norm="l2", version="standard", attacks=None, seed=0, batch_size=2)(model, x, y)
     assert [s[1:] for s in seen] == [(5, 9), (1, 9), (1, 9)]
     assert "apgd_restarts" not in autoattack_settings(default) and autoattack_settings(one)["apgd_restarts"] == 1
+    # the claims name the two apart where a model has records of both
+    names = [settings_name(json.dumps(autoattack_settings(a))) for a in (default, one)]
+    assert names == ["AutoAttack custom [apgd-ce, apgd-t]", "AutoAttack custom [apgd-ce, apgd-t], APGD-CE 1 restart(s)"]
     for bad in ({"version": "standard", "attacks": None, "apgd_restarts": 1}, {"apgd_restarts": 0}):
         with pytest.raises(ConfigError, match=r"autoattack.apgd_restarts=\d must be null \(AutoAttack's 1 in the "
                                               r"standard version, 5 in a custom one\) or, with autoattack.version=custom"):
             AutoAttack(**{**subset, **bad})
+    with pytest.raises(ConfigError, match=r"autoattack.apgd_restarts=1 sets APGD-CE's restarts, but autoattack.attacks="
+                                          r"\['apgd-t'\] runs no apgd-ce; add it"):
+        AutoAttack(**{**subset, "attacks": ["apgd-t"], "apgd_restarts": 1})

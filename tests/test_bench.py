@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 
@@ -198,9 +199,11 @@ def test_precision_mode_compares_each_precision_with_fp32_on_the_same_points(tmp
 def test_tables_eval_runs_each_setting_on_the_same_models_training_nothing_and_leaves_the_store_alone(
         tmp_path, monkeypatch, capsys):
     """bench.mode=tables_eval (make bench-tables-eval) on a miniature table: each setting's run starts from the
-    store's trained models and no curve record, computes its curves, trains nothing, writes its reports
-    outside the checkout's reports/, and leaves the store it read as it was; the report compares the wall
-    times and every table cell."""
+    store's trained models and AutoAttack records and no curve record, computes its curves, trains nothing,
+    writes its reports to a scratch folder, and leaves the store it read as it was; the report compares the
+    wall times and every table cell."""
+    from robust_ensembles import store
+    from robust_ensembles.evaluation.records import AUTOATTACK, VERSIONS
     from robust_ensembles.tables.table_run import TableRun
     from tests.test_tables import in_process, k_table
 
@@ -210,6 +213,7 @@ def test_tables_eval_runs_each_setting_on_the_same_models_training_nothing_and_l
     trained = in_process(monkeypatch)
     TableRun("k_table", "tiny", over, "off", sweeps_dir=sweeps).train_missing()  # the models, no record
     assert len(trained) == 1
+    store.put_record(source, AUTOATTACK, {"stand-in": 1}, VERSIONS[AUTOATTACK], {"wall_s": 7.0})  # kept, not recomputed
     before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
     trained.clear()
     out = tmp_path / "tables-eval.md"
@@ -217,19 +221,22 @@ def test_tables_eval_runs_each_setting_on_the_same_models_training_nothing_and_l
                               "bench.tables_eval.table=k_table", "bench.tables_eval.scale=tiny",
                               f"bench.tables_eval.sweeps_dir={sweeps}", "bench.tables_eval.launcher=[]",
                               "bench.tables_eval.evaluate_in=process", "bench.tables_eval.overrides=[]",
-                              "bench.tables_eval.autoattack_column=off", "bench.tables_eval.min_speedup=0.01"))
+                              "bench.tables_eval.min_speedup=0.01"))
     assert trained == []  # nothing trained: the models are the store's
     [(name, med, lo, hi, target, met)] = rep.rows
     assert name == "tables' evaluation wall time, scan / guided" and med > 0 and med == lo == hi and met is True
     text = out.read_text()
-    # both runs' reports were read (in the scratch folder: reports_dir), cell by cell
-    assert re.search(r"guided against scan: \d+ of [1-9]\d* numeric table cells changed; the largest: ", text), text
-    assert "guided against scan: 0 of 0 verdicts changed" in text
+    assert "from a store of the same trained models and 1 autoattack records (7 job-s when computed)" in text
     # each run computed the table's two curves itself, on a store of the same two models
     for setting in ("scan", "guided"):
-        assert re.search(rf"\| {setting} \| evaluation.search={setting} \| \d+ \| [\d.]+ \| 2 \| \d+ \| 0 \| 0 \| 2 \|", text), text
+        assert re.search(rf"- {setting} \(evaluation.search={setting}\): wall \d+ s \([\d.]+x the first\); 2 curve "
+                         rf"records computed, \d+ job-s; 0 AutoAttack records computed, 0 job-s; 2 models\n", text), text
+    # both runs' reports were read (in the scratch folder: reports_dir), cell by cell
+    assert re.search(r"guided against scan: (\d+ of [1-9]\d* numeric table cells changed; the largest accuracy cell|"
+                     r"none of [1-9]\d* numeric table cells changed)", text), text
+    assert "guided against scan: 0 of 0 verdicts changed" in text and "not paired" not in text
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before  # the store it read: untouched
-    assert not (tmp_path / "reports").exists()  # the reports went to the scratch folder
+    assert not (tmp_path / "reports").exists()  # the reports went to the scratch folder, not <paths.root_dir>/reports
     assert not list(tmp_path.glob(".tables-eval-*"))  # and the scratch folder is gone
 
     with pytest.raises(ConfigError, match="holds no trained model"):
@@ -237,3 +244,23 @@ def test_tables_eval_runs_each_setting_on_the_same_models_training_nothing_and_l
     with pytest.raises(ConfigError, match="name at least two"):
         bench(compose_bench(tmp_path, "bench.mode=tables_eval", f"paths.store_dir={source}",
                             "~bench.tables_eval.settings.guided"))
+
+
+def test_tables_eval_pairs_cells_by_position_and_claims_by_table_and_order(tmp_path):
+    """A choice that came out otherwise (another row label, another claim text) is said, not dropped."""
+    from robust_ensembles.bench.tables_eval import compare
+
+    for run, (label, acc, auc, verdict) in {"a": ("Robust eps=0.3", "33.73 ± 1.50 (sd 0.34)", "0.461", "holds"),
+                                            "b": ("Robust eps=0.25", "34.00 ± 1.50", "0.470", "inconclusive")}.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "t1.csv").write_text(f"model,eps=0.5,AUC(0.5),n\nNatural,1.90 ± 0.43,0.288,1000\n"
+                                               f"{label},{acc},{auc},1000\n", encoding="utf-8")
+        (tmp_path / run / "t1.claims.json").write_text(json.dumps({"claims": [
+            {"claim": f"(1) 4-{label} is at least as robust", "verdict": verdict}]}))
+    notes = compare("scan", "guided", tmp_path / "a", tmp_path / "b")
+    assert notes[0] == ("guided against scan: 2 of 6 numeric table cells changed; the largest accuracy cell +0.27 "
+                        "(t1 / Robust eps=0.3 / eps=0.5: 33.73 -> 34.00); AUC cell +0.009 (t1 / Robust eps=0.3 / "
+                        "AUC(0.5): 0.461 -> 0.470)")
+    assert "not paired: t1: row 'Robust eps=0.3' is 'Robust eps=0.25' in the other run" in notes[2]
+    assert notes[3] == ("guided against scan: 1 of 1 verdicts changed: t1 #1 (1) 4-Robust eps=0.3 is at least as "
+                        "robust: holds -> inconclusive (now: (1) 4-Robust eps=0.25 is at least as robust)")

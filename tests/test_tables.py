@@ -409,7 +409,7 @@ def test_train_false_names_the_models_missing_and_trains_nothing(tmp_path, monke
     anything trains (make bench-tables-eval fills tables this way; its test runs it on a trained store)."""
     sweeps = k_table(tmp_path, monkeypatch)
     multiruns = in_process(monkeypatch)
-    with pytest.raises(ConfigError, match=r"train=false: the store \S+ lacks 2 model\(s\) k_table needs "
+    with pytest.raises(ConfigError, match=r"train=false: the store \S+ lacks 2 model\(s\) that k_table need\(s\) "
                                           r"\(alpha=0.25 seed=0, alpha=0.25 seed=1\); train them"):
         driver.run("k_table", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
                    autoattack="off", sweeps_dir=sweeps, train=False)

@@ -40,6 +40,9 @@ class AutoAttack:
                                       or value < 1):
                 raise ConfigError(f"{key}.{name}={value!r} must be null (AutoAttack's {default}) or, with "
                                   f"{key}.version=custom, a positive integer.")
+        if apgd_restarts is not None and "apgd-ce" not in (attacks or []):
+            raise ConfigError(f"{key}.apgd_restarts={apgd_restarts} sets APGD-CE's restarts, but {key}.attacks="
+                              f"{attacks} runs no apgd-ce; add it to the attacks or set {key}.apgd_restarts=null.")
         self.key, self.norm, self.version = key, norm, version
         self.square_queries, self.apgd_iterations, self.apgd_restarts = square_queries, apgd_iterations, apgd_restarts
         self.attacks = list(attacks) if attacks else None

@@ -70,7 +70,8 @@ def settings_name(settings: str) -> str:
     s = json.loads(settings)
     if not isinstance(s, dict):
         return f"AutoAttack {s}"
-    return f"AutoAttack {s.get('version')}" + (f" [{', '.join(s['attacks'])}]" if s.get("attacks") else "")
+    return (f"AutoAttack {s.get('version')}" + (f" [{', '.join(s['attacks'])}]" if s.get("attacks") else "")
+            + (f", APGD-CE {s['apgd_restarts']} restart(s)" if s.get("apgd_restarts") else ""))
 
 
 def at_least(d: Difference, margin: float) -> str:

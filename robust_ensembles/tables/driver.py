@@ -39,7 +39,7 @@ def train_union(runs: list[TableRun]) -> list[str]:
             j, c = t.missing()
             jobs.update(j)
             comps.update(c)
-        trained += same[0].train(sorted(jobs), sorted(comps))
+        trained += same[0].train(sorted(jobs), sorted(comps), needed_by=", ".join(t.table for t in same))
     return trained
 
 

@@ -190,13 +190,14 @@ class TableRun:
     def multirun(self, module: str, overrides: list[str]) -> None:
         multirun(module, [*self.base, *self.launcher, *overrides])
 
-    def train(self, jobs: list[tuple[float, int]], comps: list[str]) -> list[str]:
-        """Train these (alpha, seed) jobs and composites; returns what was trained."""
+    def train(self, jobs: list[tuple[float, int]], comps: list[str], needed_by: str | None = None) -> list[str]:
+        """Train these (alpha, seed) jobs and composites (which `needed_by` names the tables that need, default
+        this one); returns what was trained."""
         if (jobs or comps) and not self.may_train:
             lacking = [f"alpha={a} seed={s}" for a, s in jobs] + [f"composite={c}" for c in comps]
             raise ConfigError(f"train=false: the store {self.evaluate_cfg.store.root} lacks {len(lacking)} model(s) "
-                              f"{self.table} needs ({', '.join(lacking)}); train them (drop train=false) or point "
-                              f"paths.store_dir at the store that holds them.")
+                              f"that {needed_by or self.table} need(s) ({', '.join(lacking)}); train them (drop "
+                              f"train=false) or point paths.store_dir at the store that holds them.")
         trained = []
         for alphas, seeds in multirun_groups(jobs):
             self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
