@@ -82,6 +82,7 @@ def test_bad_input_is_one_line_and_status_2_from_every_entry_point(ran):
     ("train", ["attack.steps=0"], "attack.steps=0 must be an integer >= 1"),
     ("finetune", ["composite.eps=-0.4"], "composite.eps=-0.4 must be a number >= 0"),
     ("tables", ["scale=tiny"], "table is not set; name one: table=<one of ['table1',"),
+    ("tables", ["table=table1", "scale=tiny", "train=maybe"], "train='maybe' must be true or false."),
     ("recommend", ["target_eps=-1"], "target_eps=-1 must be a number > 0"),
     ("recommend", ["target_eps=0.5", "search.margin=-0.1"], "search.margin=-0.1 must be >= 0"),
     ("recommend", ["target_eps=0.5", "evaluate_in=jobs"], "evaluate_in=jobs is not used by recommend"),

@@ -27,11 +27,14 @@ OWN_KEYS = ("table", "scale", "autoattack_column", "estimate", "sweeps_dir", "ev
 def tables(cfg: DictConfig) -> list[dict]:
     if OmegaConf.is_missing(cfg, "table"):
         raise ConfigError(f"table is not set; name one: table=<one of {driver.tables_in(cfg.sweeps_dir)}> or table=all.")
+    for key in ("estimate", "train"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false.")
     overrides = HydraConfig.get().overrides
     jobs = [o for o in overrides.task if cli.override_key(o) not in OWN_KEYS]
     launcher = cli.launcher_overrides(overrides.hydra)
-    return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), bool(cfg.estimate),
-                      cfg.sweeps_dir, launcher, str(cfg.evaluate_in), bool(cfg.train))
+    return driver.run(str(cfg.table), str(cfg.scale), jobs, str(cfg.autoattack_column), cfg.estimate,
+                      cfg.sweeps_dir, launcher, str(cfg.evaluate_in), cfg.train)
 
 
 main = cli.main("tables")(tables)
