@@ -81,6 +81,10 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
     for scale in (0.3, 1.0, 3.0):  # a guess too small, right, too large: the guided search still finds every radius
         guided = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="guided", guess_scale=scale)
         assert torch.equal(guided.min_flip, expected)
+    for scale in (0.3, 1.0, 3.0):  # a first-order step before the first attack: only flips it finds are taken
+        stepped = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="guided", guess_scale=scale,
+                              first_order_step=True)
+        assert torch.equal(stepped.min_flip, expected)
     for search in ("scan", "bisect", "probe_bisect", "guided"):  # warm starts change where an attack starts, not the search
         attack = ExactLinearAttack()
         warm = attack_grid(model, attack, x, y, GRID, per_eps=False, search=search, warm_start=True).min_flip
@@ -138,6 +142,9 @@ def test_a_guided_search_costs_about_two_attacks_per_point_when_the_guess_is_rig
     assert exact.float().mean() > 0.5  # the case the bound is about occurs
     assert sum(guided.calls) <= 2 * int(exact.sum()) + 5 * int((~exact).sum())
     assert sum(guided.calls) < sum(bisect.calls)
+    stepped = ExactLinearAttack()  # the first-order step flips a right-guessed point itself: fewer attacks still
+    attack_grid(model, stepped, x, y, GRID, per_eps=False, search="guided", first_order_step=True)
+    assert sum(stepped.calls) < sum(guided.calls)
     with pytest.raises(ConfigError, match="evaluation.guess_scale=0 must be a number > 0"):
         attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="guided", guess_scale=0)
 
@@ -148,10 +155,12 @@ def test_apgd_flips_reported_by_either_search_lie_inside_the_ball_and_above_the_
     r, _ = closed_form_radius(model, x, y)
     attack = APGD(eps=0.0, norm="l2", steps=0, restarts=1, target_classes=2, targeted_steps=10, rho=0.75, seed=0)
     ce_t = APGD(eps=0.0, norm="l2", steps=5, restarts=1, target_classes=2, targeted_steps=5, rho=0.75, seed=0)
-    for a, search, warm in ((attack, "scan", False), (attack, "bisect", False), (attack, "probe_bisect", False),
-                            (attack, "scan", True), (attack, "bisect", True), (ce_t, "bisect", True),
-                            (ce_t, "guided", False), (ce_t, "guided", True)):
-        g = attack_grid(model, a, x, y, GRID, per_eps=False, search=search, warm_start=warm)
+    for a, search, warm, step in ((attack, "scan", False, False), (attack, "bisect", False, False),
+                                  (attack, "probe_bisect", False, False), (attack, "scan", True, False),
+                                  (attack, "bisect", True, False), (ce_t, "bisect", True, False),
+                                  (ce_t, "guided", False, False), (ce_t, "guided", True, False),
+                                  (ce_t, "guided", False, True), (ce_t, "guided", True, True)):
+        g = attack_grid(model, a, x, y, GRID, per_eps=False, search=search, warm_start=warm, first_order_step=step)
         assert g.max_norm_ratio <= 1 + 1e-4 and g.lo >= 0 and g.hi <= 1
         found = g.min_flip < math.inf
         assert found.any() and (g.min_flip[found] >= r[found] - 1e-5).all()  # no flip below the smallest possible
@@ -171,6 +180,8 @@ def test_bisection_gives_no_per_radius_outcomes_and_an_unknown_search_is_refused
         attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=True, search="bisect")
     with pytest.raises(ConfigError, match="evaluation.search='binary' is unknown"):
         attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="binary")
+    with pytest.raises(ConfigError, match="evaluation.first_order_step=true steps along the guided search's"):
+        attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect", first_order_step=True)
 
 
 def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
@@ -186,6 +197,9 @@ def test_a_scan_curve_keeps_the_key_it_had_before_the_search_option(tmp_path):
     guided = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=guided"], tmp_path,
                                            "evaluate"))
     assert guided == {**scan, "search": "guided", "guess_scale": 1.0}  # only the guided search keys its guess
+    stepped = evaluation_spec(compose_train([*TINY, "evaluation.per_eps=false", "evaluation.search=guided",
+                                             "evaluation.first_order_step=true"], tmp_path, "evaluate"))
+    assert stepped == {**guided, "first_order_step": True}  # keyed only where it is on: guided records keep theirs
 
 
 def test_a_warm_start_needs_an_attack_that_takes_one():

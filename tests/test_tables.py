@@ -413,6 +413,9 @@ def test_train_false_names_the_models_missing_and_trains_nothing(tmp_path, monke
                                           r"\(alpha=0.25 seed=0, alpha=0.25 seed=1\); train them"):
         driver.run("k_table", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
                    autoattack="off", sweeps_dir=sweeps, train=False)
+    with pytest.raises(ConfigError, match=r"train=false: the store \S+ lacks 2 model\(s\)"):  # estimated: refused too
+        driver.run("k_table", "tiny", [f"paths.root_dir={tmp_path}", f"paths.store_dir={tmp_path}/store"],
+                   autoattack="off", sweeps_dir=sweeps, train=False, estimate=True)
     assert multiruns == []
 
 
@@ -629,3 +632,23 @@ def test_the_choice_note_says_which_rule_chose_alpha():
     assert "the smallest whose 4-ensemble is at least as accurate" in choice_note(t, 0.22)
     none = choice_note(t, 0.3, matched=False)
     assert "the largest, as none of their 4-ensembles was as accurate" in none and "the smallest" not in none
+
+
+def test_reports_call_a_tree_dirty_only_for_changes_to_what_makes_the_numbers(tmp_path, monkeypatch):
+    """A measurement written into docs/ (or a report into reports/) leaves the tree clean; a change to the package,
+    its configs or sweeps does not."""
+    from robust_ensembles.tables import reports
+
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True)
+    (tmp_path / "robust_ensembles").mkdir()
+    (tmp_path / "robust_ensembles" / "m.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(reports, "PROJECT_ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "bench.md.partial").write_text("a measurement being written\n")
+    assert reports.written_by()["clean"] is True
+    (tmp_path / "robust_ensembles" / "m.py").write_text("x = 2\n")
+    assert reports.written_by()["clean"] is False

@@ -66,11 +66,13 @@ def run(cfg: DictConfig, device: torch.device, rep: Report) -> Report:
         bs = base_cfg.evaluation.batch_size
         for name, attack in attacks.items():  # one after another on the same points, in one run
             torch.manual_seed(cfg.seed)
-            search, warm, scale = evaluations[name].search, evaluations[name].warm_start, evaluations[name].guess_scale
+            ev = evaluations[name]
+            search, warm, scale, step = ev.search, ev.warm_start, ev.guess_scale, ev.first_order_step
             t0 = time.perf_counter()
             flips = all_flips[name] = torch.cat([attack_grid(model, attack, x[i:i + bs], y[i:i + bs], grid, False,
-                                                             search, warm, scale).min_flip.cpu() for i in range(0, len(y), bs)])
-            search += (f" x{scale:g}" if search == "guided" else "") + (" warm" if warm else "")
+                                                             search, warm, scale, step).min_flip.cpu()
+                                                 for i in range(0, len(y), bs)])
+            search += (f" x{scale:g}" if search == "guided" else "") + (" step" if step else "") + (" warm" if warm else "")
             seconds[name] = time.perf_counter() - t0
             # against the reference (the current default) at every radius of the grid, point by point
             ref = all_flips.get("reference")

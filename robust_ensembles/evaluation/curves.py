@@ -135,6 +135,15 @@ def boundary_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     the most likely wrong class divided by the dual norm of that margin's input gradient (one step of
     DeepFool, Moosavi-Dezfooli et al. 2016). One forward and backward pass through the whole model; 0
     where the point is already misclassified, inf where the gradient vanishes."""
+    return first_order_estimate(model, x, y, norm)[0]
+
+
+def first_order_estimate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, direction): `boundary_distance`, and per point the unit direction (in `norm`) in which that
+    margin falls fastest, -g/||g||_2 for L2 and -sign(g) for Linf (zero where the gradient vanishes): a
+    step of the distance along it reaches the boundary of the margin's linearisation. Both from one forward
+    and backward pass through the whole model."""
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         z = model(x)
@@ -146,12 +155,22 @@ def boundary_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     g = grad.flatten(1)
     dual = g.norm(dim=1) if norm == "l2" else g.abs().sum(1)  # the dual of L2 is L2, of Linf is L1
     margin = margin.detach().clamp_min(0)
-    return torch.where(dual > 0, margin / dual.clamp_min(torch.finfo(dual.dtype).tiny), torch.full_like(margin, math.inf))
+    safe = dual.clamp_min(torch.finfo(dual.dtype).tiny)
+    distance = torch.where(dual > 0, margin / safe, torch.full_like(margin, math.inf))
+    direction = -g / safe[:, None] if norm == "l2" else -g.sign()
+    return distance, direction.view_as(grad)
 
 
-def check_search(search: str, per_eps: bool, warm_start: bool = False, attack=None, guess_scale: float = 1.0) -> None:
-    """`evaluation.search`, `evaluation.per_eps`, `evaluation.warm_start` and `evaluation.guess_scale` together,
-    checked before anything runs."""
+def check_search(search: str, per_eps: bool, warm_start: bool = False, attack=None, guess_scale: float = 1.0,
+                 first_order_step: bool = False) -> None:
+    """`evaluation.search`, `evaluation.per_eps`, `evaluation.warm_start`, `evaluation.guess_scale` and
+    `evaluation.first_order_step` together, checked before anything runs."""
+    if not isinstance(first_order_step, bool):
+        raise ConfigError(f"evaluation.first_order_step={first_order_step!r} must be true or false.")
+    if first_order_step and search != "guided":
+        raise ConfigError(f"evaluation.first_order_step=true steps along the guided search's first-order estimate, "
+                          f"which evaluation.search={search} does not make; set evaluation.search=guided, or "
+                          f"evaluation.first_order_step=false.")
     if isinstance(guess_scale, bool) or not isinstance(guess_scale, (int, float)) or not guess_scale > 0:
         raise ConfigError(f"evaluation.guess_scale={guess_scale!r} must be a number > 0 (1.0: the first-order estimate itself).")
     if warm_start and attack is not None and not getattr(attack, "supports_warm_start", False):
@@ -165,7 +184,8 @@ def check_search(search: str, per_eps: bool, warm_start: bool = False, attack=No
 
 
 def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
-                per_eps: bool, search: str = "scan", warm_start: bool = False, guess_scale: float = 1.0) -> GridAttack:
+                per_eps: bool, search: str = "scan", warm_start: bool = False, guess_scale: float = 1.0,
+                first_order_step: bool = False) -> GridAttack:
     """Each point's smallest flipping radius on the grid `eps` (which starts at 0, `check_grid`).
 
     search="scan": radius after radius upward; per_eps=True attacks every point at every radius (its
@@ -178,20 +198,26 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     distance to the boundary (`boundary_distance`), then at the neighbouring radius on the side still
     open (below if it flipped, above if it stood), then a bisection: about 2 attacks per point where the
     guess is within one grid step, 1 for a point that stands at the grid's largest radius.
+    first_order_step=True (guided only): before its first attack, each point is moved by that first radius
+    along the direction its first-order estimate came with (`first_order_estimate`: one forward pass more,
+    the gradient is the guess's); a point that flips there is not attacked at that radius (its flip is an
+    adversarial example inside the ball, confirmed from below like any other).
     warm_start=True: each point's attack starts from the perturbation its last attack found (at the
     previous radius, or another radius of the bisection), scaled onto the new sphere; its first from a
     random point of the sphere, through the same single-start path."""
-    check_search(search, per_eps, warm_start, attack, guess_scale)
+    check_search(search, per_eps, warm_start, attack, guess_scale, first_order_step)
     if search != "scan" and len(eps) > 1:  # (a grid of 0 alone is clean accuracy: nothing to search)
-        first = None
+        first, step = None, None
         if search == "guided":
             model.eval()
-            guess = boundary_distance(model, x, y, attack.norm) * guess_scale
-            first = torch.searchsorted(torch.tensor(list(eps), device=x.device, dtype=guess.dtype), guess)
+            distance, direction = first_order_estimate(model, x, y, attack.norm)
+            first = torch.searchsorted(torch.tensor(list(eps), device=x.device, dtype=distance.dtype),
+                                       distance * guess_scale)
+            step = direction if first_order_step else None
         elif search == "probe_bisect":
             first = torch.ones(len(y), dtype=torch.long, device=x.device)
         return bisect_grid(model, attack, x, y, eps, first=first, then_neighbour=search == "guided",
-                           warm_start=warm_start)
+                           warm_start=warm_start, first_step=step)
     model.eval()
     correct = predict(model, x) == y
     min_flip = torch.where(correct, torch.tensor(math.inf, device=x.device), torch.tensor(0.0, device=x.device))
@@ -220,7 +246,7 @@ def attack_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
 
 def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
                 first: torch.Tensor | None = None, then_neighbour: bool = False,
-                warm_start: bool = False) -> GridAttack:
+                warm_start: bool = False, first_step: torch.Tensor | None = None) -> GridAttack:
     """Per point, the smallest radius of the grid at which `attack` flipped it, found by bisection over
     the grid's indices: `lo` is the largest index known to stand (0: correct on the clean input), `hi`
     the smallest known to flip (len(eps): none yet); each round attacks every unresolved point at its
@@ -229,6 +255,8 @@ def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
     `first`: per point, the grid index of its first round (clamped to the open interval) instead of the
     midpoint; `then_neighbour`: its second round at the index next to it on the side still open.
     `warm_start`: a point's attacks after its first start from its last one's perturbation.
+    `first_step`: per point a unit direction (in the attack's norm); in the first round each point is first
+    moved by the round's radius along it (kept in [0, 1]), and only the points that stand there are attacked.
     Assumes the attack's success grows with the radius, which the full scan does not need: the bench
     (`make bench-eval-attacks`) measures what that costs against the scan, point by point."""
     model.eval()
@@ -251,6 +279,17 @@ def bisect_grid(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor
         rounds += 1
         for m in mid[open_].unique().tolist():
             rows = (open_ & (mid == m)).nonzero().squeeze(1)
+            if rounds == 1 and first_step is not None:
+                x_step = (x[rows] + eps[m] * first_step[rows]).clamp(0, 1)
+                flipped = predict(model, x_step) != y[rows]
+                if flipped.any():
+                    took = rows[flipped]
+                    last[took] = x_step[flipped]
+                    extent.add(x[took], x_step[flipped], radii[m])
+                    hi[took] = m
+                    rows = rows[~flipped]
+                if not len(rows):
+                    continue
             x_adv = attack(model, x[rows], y[rows], eps=eps[m], **({"x_init": last[rows]} if warm_start else {}))
             last[rows] = x_adv
             extent.add(x[rows], x_adv, radii[m])
@@ -269,13 +308,15 @@ class EnsembleEvaluation(pl.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, attack: PGD | APGD, eps_grid: Sequence[float], per_eps: bool,
-                 search: str = "scan", warm_start: bool = False, guess_scale: float = 1.0):
+                 search: str = "scan", warm_start: bool = False, guess_scale: float = 1.0,
+                 first_order_step: bool = False):
         super().__init__()
         self.model = model.eval()
         self.attack = attack
         self.eps = check_grid(eps_grid)
-        check_search(search, per_eps, warm_start, attack, guess_scale)
+        check_search(search, per_eps, warm_start, attack, guess_scale, first_order_step)
         self.per_eps, self.search, self.warm_start, self.guess_scale = per_eps, search, warm_start, guess_scale
+        self.first_order_step = first_order_step
         self.curve: Curve | None = None
         self.min_flip: torch.Tensor | None = None      # (n,) per point, after the test epoch
         self.correct_at: torch.Tensor | None = None    # (n, len(eps)) bool, per_eps=True only
@@ -287,7 +328,7 @@ class EnsembleEvaluation(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         x, y = batch
         g = attack_grid(self.model, self.attack, x, y, self.eps, self.per_eps, self.search, self.warm_start,
-                        self.guess_scale)
+                        self.guess_scale, self.first_order_step)
         self._max_ratio, self._lo, self._hi = max(self._max_ratio, g.max_norm_ratio), min(self._lo, g.lo), max(self._hi, g.hi)
         self._min_flip.append(g.min_flip.cpu())
         if self.per_eps:

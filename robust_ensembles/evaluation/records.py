@@ -82,7 +82,7 @@ def curve_record(req: Request) -> dict:
     trainer, logger = req.trainer()
     datamodule = req.data(eval_batch_size=cs.batch_size, test_split=cs.split)
     module = EnsembleEvaluation(in_memory_format(model, cs.channels_last), attack, cs.eps_grid, cs.per_eps,
-                                cs.search, cs.warm_start, cs.guess_scale)
+                                cs.search, cs.warm_start, cs.guess_scale, cs.first_order_step)
     with job_setup.tracked():
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -58,6 +58,7 @@ class CurveSettings:
     search: str
     warm_start: bool
     guess_scale: float
+    first_order_step: bool
     auc_eps: float | None
     split: str
     batch_size: int
@@ -113,20 +114,21 @@ def test_points(cfg: DictConfig) -> dict:
     return {"split": cfg.evaluation.split, **{k: cfg.data[k] for k in ("source", "test_subset", "split_seed", "val_size")}}
 
 
-SEARCH_KEYS = ("search", "warm_start", "guess_scale")  # how the grid is searched: in a spec only off their defaults
+SEARCH_KEYS = ("search", "warm_start", "guess_scale", "first_order_step")  # how the grid is searched: in a spec only off their defaults
 
 
 def evaluation_spec(cfg: DictConfig) -> dict:
     """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
     the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
-    every record made before the option used, `warm_start` only where it is on, and `guess_scale` only for
-    the guided search, so those records keep their keys; none of the three for a grid of 0 alone (clean
+    every record made before the option used, `warm_start` and `first_order_step` only where they are on, and
+    `guess_scale` only for the guided search, so those records keep their keys; none of the three for a grid of 0 alone (clean
     accuracy: nothing is attacked, so no search can change it)."""
     ev = {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items() if k not in ("autoattack", "force")}
     if ev.get("search", "scan") == "scan":
         ev.pop("search", None)
-    if not ev.get("warm_start", False):
-        ev.pop("warm_start", None)
+    for flag in ("warm_start", "first_order_step"):
+        if not ev.get(flag, False):
+            ev.pop(flag, None)
     if ev.get("search") != "guided":
         ev.pop("guess_scale", None)  # only the guided search reads it
     if max(float(e) for e in ev["eps_grid"]) == 0:
@@ -138,7 +140,7 @@ def evaluation_spec(cfg: DictConfig) -> dict:
 def curve_settings(cfg: DictConfig) -> CurveSettings:
     ev = cfg.evaluation
     return CurveSettings(tuple(check_grid(ev.eps_grid)), bool(ev.per_eps), ev.search, bool(ev.warm_start),
-                         ev.guess_scale, ev.auc_eps, ev.split, int(ev.batch_size), bool(ev.channels_last), ev.precision)
+                         ev.guess_scale, ev.first_order_step, ev.auc_eps, ev.split, int(ev.batch_size), bool(ev.channels_last), ev.precision)
 
 
 def curve_spec(cfg: DictConfig, subject_keys: list[str], weights: list[float]) -> dict:
@@ -156,7 +158,7 @@ def from_config(cfg: DictConfig, built: tuple | None = None) -> Request:
     check(cfg)
     attack = instantiate(cfg.evaluation.attack)
     ev = cfg.evaluation
-    check_search(ev.search, ev.per_eps, ev.warm_start, attack, ev.guess_scale)
+    check_search(ev.search, ev.per_eps, ev.warm_start, attack, ev.guess_scale, ev.first_order_step)
     model, runs, label = members.build(cfg) if built is None else built
     subject = Subject(model, tuple(runs), label, cfg.ensemble.combine, cfg.alpha)
     column = None if ev.autoattack.eps is None else AutoAttackColumn(float(ev.autoattack.eps), int(ev.autoattack.n),

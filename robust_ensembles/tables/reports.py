@@ -208,14 +208,18 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
 
 
+CODE_PATHS = ("robust_ensembles", "conf", "sweeps", "pyproject.toml")  # what a report's numbers are made by
+
+
 def written_by() -> dict:
     """The commit the reports are written from and whether the code was as committed ("clean": no change and no
-    new file outside reports/, which writing the reports changes; ignored files aside); commit None outside a
-    git checkout."""
+    new file among what makes the numbers: the package, its configs and sweeps, the project file; ignored files
+    aside, and docs or reports, which writing measurements changes, not counted); commit None outside a git
+    checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, timeout=10)
-        changed = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!reports"],
+        changed = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS],
                                  cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "clean": None}

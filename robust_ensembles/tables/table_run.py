@@ -190,14 +190,18 @@ class TableRun:
     def multirun(self, module: str, overrides: list[str]) -> None:
         multirun(module, [*self.base, *self.launcher, *overrides])
 
-    def train(self, jobs: list[tuple[float, int]], comps: list[str], needed_by: str | None = None) -> list[str]:
-        """Train these (alpha, seed) jobs and composites (which `needed_by` names the tables that need, default
-        this one); returns what was trained."""
+    def refuse_training(self, jobs: list[tuple[float, int]], comps: list[str], needed_by: str | None = None) -> None:
+        """With train=false, these missing (alpha, seed) jobs and composites are one error naming them."""
         if (jobs or comps) and not self.may_train:
             lacking = [f"alpha={a} seed={s}" for a, s in jobs] + [f"composite={c}" for c in comps]
             raise ConfigError(f"train=false: the store {self.evaluate_cfg.store.root} lacks {len(lacking)} model(s) "
                               f"that {needed_by or self.table} need(s) ({', '.join(lacking)}); train them (drop "
                               f"train=false) or point paths.store_dir at the store that holds them.")
+
+    def train(self, jobs: list[tuple[float, int]], comps: list[str], needed_by: str | None = None) -> list[str]:
+        """Train these (alpha, seed) jobs and composites (which `needed_by` names the tables that need, default
+        this one); returns what was trained."""
+        self.refuse_training(jobs, comps, needed_by)
         trained = []
         for alphas, seeds in multirun_groups(jobs):
             self.multirun("robust_ensembles.train", ["alpha=" + ",".join(map(str, alphas)),
