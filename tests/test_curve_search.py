@@ -12,7 +12,8 @@ from torch import nn
 
 from robust_ensembles.attacks.autoattack import APGD
 from robust_ensembles.core.errors import ConfigError
-from robust_ensembles.evaluation.curves import attack_grid, boundary_distance, curve_from_min_flip
+from robust_ensembles.evaluation.curves import (attack_grid, boundary_distance, curve_from_min_flip, describe_search,
+                                                first_order_estimate)
 
 GRID = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]  # the linear model's flip radii lie around 0.02-0.7
 
@@ -222,3 +223,26 @@ def test_a_warm_start_never_returns_an_unattacked_point():
     x_adv = attack(model, x.view(60, 1, 3, 4), y, eps=0.05, x_init=x.view(60, 1, 3, 4))
     moved = (x_adv.flatten(1) - x).norm(dim=1)
     assert (moved > 0).all() and (moved <= 0.05 + 1e-5).all()
+
+
+def test_the_first_order_step_on_images_in_channels_last_and_its_linf_direction():
+    """On (n, 3, 2, 2) inputs in channels_last memory: the L2 step search still finds every closed-form radius,
+    and the Linf direction is -sign of the margin's gradient, (w_j - w_y) for the most likely wrong class j."""
+    model = Linear()
+    x, y = _points(model)
+    images = x.view(-1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    r, _ = closed_form_radius(model, x, y)
+    grid = torch.tensor(GRID)
+    expected = torch.stack([grid[grid >= ri].min() if ri <= grid.max() else torch.tensor(math.inf) for ri in r])
+    stepped = attack_grid(model, ExactLinearAttack(), images, y, GRID, per_eps=False, search="guided",
+                          first_order_step=True)
+    assert torch.equal(stepped.min_flip, expected)
+    distance, direction = first_order_estimate(model, images, y, "linf")
+    with torch.no_grad():
+        f = model(x)
+        j = f.scatter(1, y[:, None], -math.inf).argmax(1)
+        g = model.w[y] - model.w[j]  # gradient of the margin f_y - f_j
+    assert direction.shape == images.shape and torch.equal(direction.flatten(1), -g.sign())
+    assert "first-order" in describe_search("guided", True) and "first-order" not in describe_search("guided")
+    assert torch.allclose(distance, (f.gather(1, y[:, None]).squeeze(1) - f.gather(1, j[:, None]).squeeze(1))
+                          / g.abs().sum(1), rtol=1e-4)

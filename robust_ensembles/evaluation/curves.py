@@ -121,11 +121,13 @@ class _Extent:
 SEARCHES = ("scan", "bisect", "probe_bisect", "guided")
 
 
-def describe_search(search: str) -> str:
+def describe_search(search: str, first_order_step: bool = False) -> str:
     """Where a curve made with `search` attacked each point, in the words a table footer uses."""
     if search == "scan":
         return "at every grid radius up to eps"
-    return (f"at the grid radii its {search} search chose per point (each flip radius confirmed by the attack at "
+    step = (", a point's first radius tried first by a step along its first-order estimate's direction"
+            if first_order_step else "")
+    return (f"at the grid radii its {search} search chose per point{step} (each flip radius confirmed by the attack at "
             f"the radius below it failing; a point that stood at a radius >= eps counts as standing at eps, "
             f"which assumes the attack succeeds more often at larger radii)")
 

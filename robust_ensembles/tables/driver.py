@@ -61,8 +61,9 @@ def run(table: str, scale: str, overrides: list[str], autoattack: str = "run", e
     if estimate:  # the jobs' sums of seconds, and their wall time with the jobs run at once
         spread = {"train_jobs": parallel, "evaluate_jobs": parallel if evaluate_in == "jobs" else 1}
         missing = [t.missing(with_later=True) for t in runs]
-        for t, (jobs, comps) in zip(runs, missing):  # train=false: what the run would refuse, refused here too
-            t.refuse_training(jobs, comps)
+        if not train:  # what the run would refuse (the models the tables need now, not those a later choice may)
+            for t in runs:
+                t.refuse_training(*t.missing())
         plans = [evaluation_plan(t) for t in runs]  # each computed once: the union below reuses them
         for t, m, plan in zip(runs, missing, plans):
             print(f"{t.table} ({scale}): {estimate_table(t, **spread, missing=m, plan=plan)}")

@@ -179,7 +179,7 @@ def write_reports(t: TableRun, filled: Filled, wall_s: float) -> dict:
                f"accuracies in %, ± one binomial standard error (for one cell; comparisons of two rows use the paired "
                f"intervals of the claims below); a point counts as robust at eps only if no attack run on it at a radius "
                f"<= eps flipped it: the evaluation attack ({instantiate(t.evaluate_cfg.evaluation.attack)!r}) "
-               f"{describe_search(t.evaluate_cfg.evaluation.search)}, and AutoAttack (and any attack run on the model later, 'other attacks') on its "
+               f"{describe_search(t.evaluate_cfg.evaluation.search, t.evaluate_cfg.evaluation.first_order_step)}, and AutoAttack (and any attack run on the model later, 'other attacks') on its "
                f"points at eps >= its radius; 'attack - AA' is the "
                f"evaluation attack's accuracy minus AutoAttack's on the same points, ⚠ where it exceeds "
                f"{100 * t.flag_gap:g} point(s)",
@@ -208,12 +208,13 @@ def autoattack_notes(t: TableRun, recs: list[dict]) -> list[str]:
             + ", ".join(f"{d} ({s / 60:.1f} min)" for d, s in sorted(seconds.items()))]
 
 
-CODE_PATHS = ("robust_ensembles", "conf", "sweeps", "pyproject.toml")  # what a report's numbers are made by
+CODE_PATHS = ("robust_ensembles", "conf", "sweeps", "scripts", "pyproject.toml", "Makefile")  # what a report's numbers are made by
 
 
 def written_by() -> dict:
     """The commit the reports are written from and whether the code was as committed ("clean": no change and no
-    new file among what makes the numbers: the package, its configs and sweeps, the project file; ignored files
+    new file among what makes the numbers: the package, its configs, sweeps and scripts, the project file and
+    Makefile; ignored files
     aside, and docs or reports, which writing measurements changes, not counted); commit None outside a git
     checkout."""
     try:
