@@ -61,6 +61,14 @@ class ExactLinearAttack:
         return (x.flatten(1) + step[:, None] * direction).view_as(x)
 
 
+def on_grid(r: torch.Tensor) -> torch.Tensor:
+    """Each closed-form flip radius as the grid reports it: the smallest grid radius at or above it (0 for a point
+    wrong on the clean input, inf beyond the grid)."""
+    grid = torch.tensor(GRID)
+    return torch.stack([grid[grid >= ri].min() if (ri <= grid.max()) and ri > 0 else
+                        (torch.tensor(0.0) if ri <= 0 else torch.tensor(math.inf)) for ri in r])
+
+
 def _points(model: Linear, n: int = 400, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 12, generator=g)
@@ -71,10 +79,7 @@ def test_scan_and_bisection_find_the_closed_form_flip_radius_of_every_point():
     model = Linear()
     x, y = _points(model)
     y[:20] = (y[:20] + 1) % 4  # ... but 20 wrong ones (flip radius 0)
-    r, _ = closed_form_radius(model, x, y)
-    grid = torch.tensor(GRID)
-    expected = torch.stack([grid[grid >= ri].min() if (ri <= grid.max()) and ri > 0 else
-                            (torch.tensor(0.0) if ri <= 0 else torch.tensor(math.inf)) for ri in r])
+    expected = on_grid(closed_form_radius(model, x, y)[0])
     scan = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="scan").min_flip
     bisect = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="bisect").min_flip
     probed = attack_grid(model, ExactLinearAttack(), x, y, GRID, per_eps=False, search="probe_bisect").min_flip
@@ -231,9 +236,7 @@ def test_the_first_order_step_on_images_in_channels_last_and_its_linf_direction(
     model = Linear()
     x, y = _points(model)
     images = x.view(-1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
-    r, _ = closed_form_radius(model, x, y)
-    grid = torch.tensor(GRID)
-    expected = torch.stack([grid[grid >= ri].min() if ri <= grid.max() else torch.tensor(math.inf) for ri in r])
+    expected = on_grid(closed_form_radius(model, x, y)[0])
     stepped = attack_grid(model, ExactLinearAttack(), images, y, GRID, per_eps=False, search="guided",
                           first_order_step=True)
     assert torch.equal(stepped.min_flip, expected)

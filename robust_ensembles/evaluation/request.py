@@ -121,8 +121,8 @@ def evaluation_spec(cfg: DictConfig) -> dict:
     """The evaluation settings that determine a curve (part of its record's spec): all of `evaluation` but
     the AutoAttack column's (its own record) and `force`; `search` only where it is not the grid scan that
     every record made before the option used, `warm_start` and `first_order_step` only where they are on, and
-    `guess_scale` only for the guided search, so those records keep their keys; none of SEARCH_KEYS for a grid of 0 alone (clean
-    accuracy: nothing is attacked, so no search can change it)."""
+    `guess_scale` only for the guided search, so those records keep their keys; none of SEARCH_KEYS for a grid
+    of 0 alone (clean accuracy: nothing is attacked, so no search can change it)."""
     ev = {k: v for k, v in OmegaConf.to_container(cfg.evaluation, resolve=True).items() if k not in ("autoattack", "force")}
     if ev.get("search", "scan") == "scan":
         ev.pop("search", None)

@@ -213,10 +213,8 @@ CODE_PATHS = ("robust_ensembles", "conf", "sweeps", "scripts", "pyproject.toml",
 
 def written_by() -> dict:
     """The commit the reports are written from and whether the code was as committed ("clean": no change and no
-    new file among what makes the numbers: the package, its configs, sweeps and scripts, the project file and
-    Makefile; ignored files
-    aside, and docs or reports, which writing measurements changes, not counted); commit None outside a git
-    checkout."""
+    new file among what makes the numbers, CODE_PATHS; ignored files aside, and docs/ and reports/, which writing
+    measurements changes, not counted); commit None outside a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, timeout=10)
